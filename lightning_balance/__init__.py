@@ -1,0 +1,19 @@
+"""Balanced training on heavily imbalanced, long-tailed data with PyTorch Lightning."""
+
+from lightning_balance.sampler import GroupIndex, TemperatureSampler
+from lightning_balance.schedules import Constant, Cooldown, LinearRamp, resolve_temperature
+from lightning_balance.temperature import scalarization_variance_factor, scalarization_weights, temperature_probs
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Constant",
+    "Cooldown",
+    "GroupIndex",
+    "LinearRamp",
+    "TemperatureSampler",
+    "resolve_temperature",
+    "scalarization_variance_factor",
+    "scalarization_weights",
+    "temperature_probs",
+]

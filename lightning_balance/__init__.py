@@ -1,12 +1,18 @@
 """Balanced training on heavily imbalanced, long-tailed data with PyTorch Lightning."""
 
+from lightning_balance.datamodule import BalancedDataModule, IndexedBatch, balanced_loss
 from lightning_balance.sampler import GroupIndex, TemperatureSampler
 from lightning_balance.schedules import Constant, Cooldown, LinearRamp, resolve_temperature
 from lightning_balance.temperature import scalarization_variance_factor, scalarization_weights, temperature_probs
+from lightning_balance.weighting import weighted_mean
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BalancedDataModule",
+    "IndexedBatch",
+    "balanced_loss",
+    "weighted_mean",
     "Constant",
     "Cooldown",
     "GroupIndex",

@@ -196,6 +196,7 @@ class TemperatureSampler(DistributedSampler):
         self.step_size = _positive_int(step_size, "step_size")
         self.epoch = 0
         self._resume: Optional[tuple[int, int]] = None  # (epoch, global samples already consumed)
+        self._start = 0
         self._yielded = 0
         self._epoch_counts_cache: dict[int, torch.Tensor] = {}
 
@@ -242,7 +243,7 @@ class TemperatureSampler(DistributedSampler):
         the loader prefetches, so this over-counts what the model has seen; :class:`BalancedDataModule`
         replaces it with the exact count from the Trainer's progress.
         """
-        consumed = getattr(self, "_start", 0) + self._yielded * self.num_replicas
+        consumed = self._start + self._yielded * self.num_replicas
         return {
             "epoch": self.epoch,
             "consumed": consumed,

@@ -1,0 +1,459 @@
+r"""
+BalancedDataModule
+^^^^^^^^^^^^^^^^^^
+
+A ``LightningDataModule`` to subclass: it swaps natural sampling, upsampling (temperature sampling) and
+upweighting (scalarization) in by configuration alone, keeps the sampler's place in checkpoints, and tells
+the loss which weights are in force.
+
+The contract with a subclass is small: assign ``self.train_dataset`` (and optionally ``self.val_dataset`` /
+``self.test_dataset``) in ``setup``, and make the group id of every training example findable, either as a
+``groups`` or ``targets`` attribute of the dataset, the second tensor of a ``TensorDataset``, or by
+overriding :meth:`BalancedDataModule.train_groups`.
+
+The LightningModule computes a per-sample loss and reduces it with :func:`balanced_loss`; that call is a
+plain mean under ``natural`` and ``upsample`` and applies the current scalarization weights under
+``upweight``, so the module never changes between strategies.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Callable, Literal, NamedTuple, Optional, Union
+
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
+
+from lightning_balance.sampler import GroupIndex, GroupsLike, TemperatureSampler
+from lightning_balance.schedules import is_schedule, resolve_temperature
+from lightning_balance.temperature import _validate_temperature, scalarization_weights
+from lightning_balance.weighting import Normalization, weighted_mean
+
+__all__ = ["BalancedDataModule", "IndexedBatch", "balanced_loss"]
+
+Strategy = Literal["natural", "upsample", "upweight"]
+_STRATEGIES = ("natural", "upsample", "upweight")
+
+
+class IndexedBatch(NamedTuple):
+    """A training batch with the dataset index of each of its samples.
+
+    The training DataLoader of a :class:`BalancedDataModule` yields these; the DataModule unwraps them after
+    the batch reaches the device, so ``training_step`` receives ``batch`` alone.
+    """
+
+    indices: torch.Tensor
+    batch: Any
+
+
+class _IndexedDataset(Dataset):
+    """Returns ``(index, sample)`` so batches carry the dataset indices they were drawn from."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[int, Any]:
+        return index, self.dataset[index]
+
+
+class _IndexedCollate:
+    """Collate the samples with the user's ``collate_fn`` and the indices into a LongTensor."""
+
+    def __init__(self, collate_fn: Optional[Callable[[list[Any]], Any]]) -> None:
+        self.collate_fn = collate_fn or default_collate
+
+    def __call__(self, items: list[tuple[int, Any]]) -> IndexedBatch:
+        indices = torch.tensor([index for index, _ in items], dtype=torch.long)
+        return IndexedBatch(indices, self.collate_fn([sample for _, sample in items]))
+
+
+class BalancedDataModule(LightningDataModule):
+    """A DataModule that balances groups by upsampling, upweighting or a schedule of them.
+
+    Args:
+        strategy: ``"natural"`` samples every example equally often (temperature 1, no weights);
+            ``"upsample"`` draws groups with :math:`p_i \\propto n_i^{1/T}`; ``"upweight"`` samples naturally
+            and scales each sample's loss by :math:`p_i(T)/p_i(1)`.
+        temperature: ``T`` (a float; ``float("inf")`` is uniform over groups) or a schedule
+            ``schedule(progress) -> T`` such as :class:`~lightning_balance.Cooldown`. Cooldown as in the paper is
+            ``strategy="upsample", temperature=Cooldown(5.0, 1.0, 0.5)``.
+        batch_size: per-process batch size.
+        seed: seed of the sampling plan (the same on every rank).
+        num_workers: DataLoader worker processes.
+        normalize: how :func:`balanced_loss` normalises the weighted sum under ``upweight``: ``"batch"``
+            (divide by the batch size: unbiased, the paper's form) or ``"weights"`` (divide by the sum of weights).
+        samples_per_epoch: global samples per epoch, over all processes; defaults to the training set's size.
+            It is rounded down to a whole number of global batches, so every step is a full batch on every rank.
+        total_steps: optimizer steps over the whole run, for schedules. By default it is derived from the
+            Trainer's ``max_steps`` or ``max_epochs``; a schedule with neither raises an error that says so.
+        val_batch_size: batch size of the validation and test loaders; defaults to ``batch_size``.
+        pin_memory: passed to the DataLoaders.
+        persistent_workers: passed to the DataLoaders (only with ``num_workers > 0``).
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> class ToyData(BalancedDataModule):
+        ...     def setup(self, stage=None):
+        ...         y = torch.tensor([0] * 90 + [1] * 10)
+        ...         self.train_dataset = TensorDataset(torch.randn(100, 3), y)
+        >>> dm = ToyData(strategy="upweight", temperature=float("inf"), batch_size=10)
+        >>> dm.setup("fit")
+        >>> dm.group_counts.tolist()
+        [90, 10]
+        >>> dm.loss_weights()
+        tensor([0.5556, 5.0000], dtype=torch.float64)
+        >>> indices, (x, y) = next(iter(dm.train_dataloader()))
+        >>> x.shape, indices.shape
+        (torch.Size([10, 3]), torch.Size([10]))
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy = "natural",
+        temperature: Union[float, Callable[[float], float]] = 1.0,
+        batch_size: int = 32,
+        *,
+        seed: int = 0,
+        num_workers: int = 0,
+        normalize: Normalization = "batch",
+        samples_per_epoch: Optional[int] = None,
+        total_steps: Optional[int] = None,
+        val_batch_size: Optional[int] = None,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ) -> None:
+        super().__init__()
+        if strategy not in _STRATEGIES:
+            raise ValueError(
+                f"Expected argument `strategy` to be one of {_STRATEGIES}, but got {strategy!r}."
+                " Use 'upsample' with a schedule for Cooldown."
+            )
+        if is_schedule(temperature):
+            # Probe both ends now so that a broken schedule fails at configuration, not hours into training.
+            resolve_temperature(temperature, 0.0)
+            resolve_temperature(temperature, 1.0)
+        else:
+            temperature = _validate_temperature(temperature)  # type: ignore[arg-type]
+            if strategy == "natural" and temperature != 1.0:
+                rank_zero_warn(
+                    f"`strategy='natural'` ignores `temperature={temperature}`: natural sampling is temperature 1."
+                    " Use strategy='upsample' or 'upweight' to balance the groups."
+                )
+        if normalize not in ("batch", "weights"):
+            raise ValueError(f"Expected argument `normalize` to be 'batch' or 'weights', but got {normalize!r}.")
+        for name, value in (("batch_size", batch_size), ("samples_per_epoch", samples_per_epoch),
+                            ("total_steps", total_steps), ("val_batch_size", val_batch_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"Expected argument `{name}` to be a positive integer, but got {value!r}.")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"Expected argument `num_workers` to be a non-negative integer, but got {num_workers!r}.")
+        self.strategy: Strategy = strategy
+        self.temperature = temperature
+        self.batch_size = batch_size
+        self.seed = int(seed)
+        self.num_workers = num_workers
+        self.normalize: Normalization = normalize
+        self.samples_per_epoch = samples_per_epoch
+        self.total_steps = total_steps
+        self.val_batch_size = val_batch_size or batch_size
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+
+        self.train_dataset: Optional[Dataset] = None
+        self.val_dataset: Optional[Dataset] = None
+        self.test_dataset: Optional[Dataset] = None
+        self.collate_fn: Optional[Callable[[list[Any]], Any]] = None
+
+        self.sampler: Optional[TemperatureSampler] = None
+        self._group_index: Optional[GroupIndex] = None
+        self._group_ids: Optional[torch.Tensor] = None
+        self._horizon_steps: Optional[int] = None
+        self._pending_sampler_state: Optional[dict[str, Any]] = None
+        self._batch_groups: Optional[torch.Tensor] = None
+        self._weights_cache: dict[float, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ groups
+    def train_groups(self) -> GroupsLike:
+        """Integer group id of every training example, in dataset order.
+
+        Override it when the groups are not the dataset's ``groups`` or ``targets`` attribute or the second
+        tensor of a ``TensorDataset`` (for example, a language id kept in a separate array).
+        """
+        dataset = self._require_train_dataset()
+        for attribute in ("groups", "targets"):
+            if (found := getattr(dataset, attribute, None)) is not None:
+                return found
+        if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
+            return dataset.tensors[1]
+        raise AttributeError(
+            f"Cannot find the group ids of {type(dataset).__name__}: give it a `groups` (or `targets`) attribute"
+            f" with one integer id per example, or override `{type(self).__name__}.train_groups()`."
+        )
+
+    @property
+    def group_index(self) -> GroupIndex:
+        """Training indices grouped by group id (built once, on first use)."""
+        if self._group_index is None:
+            groups = self.train_groups()
+            index = GroupIndex(groups)
+            if len(index) != len(self._require_train_dataset()):  # type: ignore[arg-type]
+                raise ValueError(
+                    f"`train_groups()` returned {len(index)} group ids but the training set has"
+                    f" {len(self.train_dataset)} examples; give exactly one group id per example."  # type: ignore
+                )
+            self._group_index = index
+            self._group_ids = torch.as_tensor(groups).long().cpu()
+        return self._group_index
+
+    @property
+    def group_counts(self) -> torch.Tensor:
+        """Training examples per group id (int64)."""
+        return self.group_index.counts
+
+    @property
+    def num_groups(self) -> int:
+        return self.group_index.num_groups
+
+    @property
+    def train_group_ids(self) -> torch.Tensor:
+        """Group id of every training index (int64, on the CPU)."""
+        self.group_index  # noqa: B018 - builds the index and the ids together
+        assert self._group_ids is not None
+        return self._group_ids
+
+    # ------------------------------------------------------------------ temperature and weights
+    def current_progress(self) -> float:
+        """Fraction of training done, from the Trainer's optimizer steps (0 before training)."""
+        trainer = self.trainer
+        if trainer is None or self._horizon_steps is None:
+            return 0.0
+        return min(trainer.global_step / self._horizon_steps, 1.0)
+
+    def current_temperature(self) -> float:
+        """The temperature in force now (1 under ``natural``)."""
+        if self.strategy == "natural":
+            return 1.0
+        if is_schedule(self.temperature) and self._horizon_steps is None and self.trainer is not None:
+            self._horizon_steps = self._resolve_horizon_steps()
+        return resolve_temperature(self.temperature, self.current_progress())
+
+    def loss_weights(self) -> torch.Tensor:
+        """Per-group loss weights now: scalarization weights under ``upweight``, ones otherwise."""
+        if self.strategy != "upweight":
+            return torch.ones(self.num_groups, dtype=torch.float64)
+        t = self.current_temperature()
+        if t not in self._weights_cache:
+            self._weights_cache[t] = scalarization_weights(self.group_counts, t)
+        return self._weights_cache[t]
+
+    def reduce_loss(self, per_sample_loss: torch.Tensor, groups: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Reduce a per-sample training loss with the weights in force.
+
+        Args:
+            per_sample_loss: ``[B]`` losses of the current batch (``reduction="none"``).
+            groups: group id of each sample; defaults to the groups of the training batch being processed,
+                which the DataModule records when the batch reaches the device.
+        """
+        if self.strategy != "upweight":
+            return per_sample_loss.mean()
+        if groups is None:
+            if self._batch_groups is None:
+                # Outside a training step (validation, a manual call) there are no weights to apply.
+                return per_sample_loss.mean()
+            groups = self._batch_groups
+        weights = self.loss_weights().to(per_sample_loss.device)[groups.to(per_sample_loss.device).long()]
+        return weighted_mean(per_sample_loss, weights, self.normalize)
+
+    # ------------------------------------------------------------------ dataloaders
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._require_train_dataset()
+        world, rank = self._world()
+        global_batch = self.batch_size * world
+        requested = self.samples_per_epoch or len(dataset)  # type: ignore[arg-type]
+        num_samples = requested - requested % global_batch
+        if num_samples == 0:
+            raise ValueError(
+                f"An epoch of {requested} samples is smaller than one global batch ({self.batch_size} x {world}"
+                " processes). Lower `batch_size` or raise `samples_per_epoch`."
+            )
+        sampler_temperature = self.temperature if self.strategy == "upsample" else 1.0
+        accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        step_size = global_batch * accumulate
+        total_samples = None
+        if is_schedule(sampler_temperature) or (self.strategy == "upweight" and is_schedule(self.temperature)):
+            self._horizon_steps = self._resolve_horizon_steps(num_samples)
+            total_samples = self._horizon_steps * step_size
+        self.sampler = TemperatureSampler(
+            self.group_index,
+            sampler_temperature,
+            num_samples=num_samples,
+            num_replicas=world,
+            rank=rank,
+            seed=self.seed,
+            total_samples=total_samples,
+            step_size=step_size,
+        )
+        if self._pending_sampler_state is not None:
+            self.sampler.load_state_dict(self._pending_sampler_state)
+            self._pending_sampler_state = None
+        return DataLoader(
+            _IndexedDataset(dataset),
+            batch_size=self.batch_size,
+            sampler=self.sampler,
+            num_workers=self.num_workers,
+            collate_fn=_IndexedCollate(self.collate_fn),
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            drop_last=True,
+        )
+
+    def val_dataloader(self) -> Union[DataLoader, list]:
+        return self._eval_dataloader(self.val_dataset)
+
+    def test_dataloader(self) -> Union[DataLoader, list]:
+        return self._eval_dataloader(self.test_dataset)
+
+    def _eval_dataloader(self, dataset: Optional[Dataset]) -> Union[DataLoader, list]:
+        if dataset is None:
+            return []
+        return DataLoader(
+            dataset,
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    # ------------------------------------------------------------------ hooks
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Unwrap training batches; let callbacks with ``transform_train_batch`` select inside them.
+
+        A callback may define ``transform_train_batch(trainer, pl_module, batch, indices) -> (batch, indices)``
+        (batch already on the device, ``indices`` the dataset index of each sample); :class:`~lightning_balance.SALN`
+        uses it to keep part of every batch.
+        """
+        if not isinstance(batch, IndexedBatch):
+            return batch
+        indices, batch = batch.indices, batch.batch
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            for callback in trainer.callbacks:  # type: ignore[attr-defined]
+                transform = getattr(callback, "transform_train_batch", None)
+                if callable(transform):
+                    batch, indices = transform(trainer, trainer.lightning_module, batch, indices)
+        self._batch_groups = self.train_group_ids.to(indices.device)[indices]
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's place: epoch and exact number of samples trained on in it, from the Trainer."""
+        if self.sampler is None:
+            return {}
+        state = self.sampler.state_dict()
+        trainer = self.trainer
+        if trainer is not None:
+            # The sampler's own count runs ahead of training when DataLoader workers prefetch; the Trainer's
+            # progress counts the batches whose training step has run.
+            processed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            state["consumed"] = processed * self.batch_size * self.sampler.num_replicas
+        state["strategy"] = self.strategy
+        return {"sampler": state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the saved sampler stream: the next training epoch skips what was already trained on."""
+        sampler_state = state_dict.get("sampler")
+        if not sampler_state:
+            return
+        saved_strategy = sampler_state.get("strategy", self.strategy)
+        if saved_strategy != self.strategy:
+            rank_zero_warn(
+                f"Resuming a run trained with strategy={saved_strategy!r} under strategy={self.strategy!r}:"
+                " the sampler's position is kept, but the sample stream differs from the original run."
+            )
+        if self.sampler is not None:
+            self.sampler.load_state_dict(sampler_state)
+        else:
+            self._pending_sampler_state = sampler_state
+
+    # ------------------------------------------------------------------ helpers
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is not None:
+            return trainer.world_size, trainer.global_rank
+        return 1, 0
+
+    def _require_train_dataset(self) -> Dataset:
+        if self.train_dataset is None:
+            raise RuntimeError(
+                f"`{type(self).__name__}.train_dataset` is not set. Assign it in `setup()` (and call"
+                " `setup('fit')` first when using the DataModule outside a Trainer)."
+            )
+        return self.train_dataset
+
+    def _resolve_horizon_steps(self, num_samples: Optional[int] = None) -> int:
+        """Optimizer steps in the whole run, from ``total_steps`` or the Trainer's limits."""
+        if self.total_steps is not None:
+            return self.total_steps
+        trainer = self.trainer
+        fix = (
+            "A temperature schedule needs the length of training: set `Trainer(max_steps=...)` or"
+            " `Trainer(max_epochs=...)`, or pass `total_steps=` to the DataModule."
+        )
+        if trainer is None:
+            raise ValueError(fix)
+        world, _ = self._world()
+        if num_samples is None:
+            requested = self.samples_per_epoch or len(self._require_train_dataset())  # type: ignore[arg-type]
+            num_samples = requested - requested % (self.batch_size * world)
+        batches = num_samples // (self.batch_size * world)
+        limit = trainer.limit_train_batches
+        if isinstance(limit, int):
+            batches = min(batches, limit)
+        elif limit is not None:
+            batches = int(batches * float(limit))
+        steps_per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+        max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else None
+        max_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+        if max_epochs is None and max_steps is None:
+            raise ValueError(fix + f" Got max_steps={trainer.max_steps}, max_epochs={trainer.max_epochs}.")
+        candidates = [s for s in (max_steps, None if max_epochs is None else max_epochs * steps_per_epoch) if s]
+        steps = min(candidates)
+        rank_zero_info(f"Temperature schedule runs over {steps} optimizer steps ({steps_per_epoch} per epoch).")
+        return steps
+
+
+def balanced_loss(
+    module: LightningModule, per_sample_loss: torch.Tensor, groups: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """The training loss of a batch under the DataModule's strategy.
+
+    Call it in ``training_step`` on a per-sample loss. With a :class:`BalancedDataModule` in ``upweight``
+    mode it applies the current scalarization weights; otherwise it is the plain mean, so the same module
+    trains under every strategy.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> class Classifier(LightningModule):  # doctest: +SKIP
+        ...     def training_step(self, batch, batch_idx):
+        ...         x, y = batch
+        ...         losses = F.cross_entropy(self(x), y, reduction="none")
+        ...         return balanced_loss(self, losses)
+    """
+    trainer = getattr(module, "_trainer", None)
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    if isinstance(datamodule, BalancedDataModule):
+        return datamodule.reduce_loss(per_sample_loss, groups)
+    if per_sample_loss.ndim != 1:
+        raise RuntimeError(
+            f"Expected a per-sample loss of shape [B], but got shape {tuple(per_sample_loss.shape)}."
+            " Compute the loss with `reduction='none'`."
+        )
+    return per_sample_loss.mean()

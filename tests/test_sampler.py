@@ -1,0 +1,233 @@
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from lightning_balance import Cooldown, GroupIndex, TemperatureSampler, temperature_probs
+
+
+def _groups(sizes, seed=0):
+    """Group ids with the given sizes, shuffled so that groups are not contiguous in the dataset."""
+    ids = np.repeat(np.arange(len(sizes)), sizes)
+    return np.random.default_rng(seed).permutation(ids)
+
+
+SIZES = [5000, 500, 50, 5]
+
+
+def test_group_index_matches_brute_force():
+    groups = _groups([7, 0, 3, 12])
+    index = GroupIndex(groups)
+    assert index.counts.tolist() == [7, 0, 3, 12]
+    for g in range(4):
+        assert index.members(g).tolist() == np.flatnonzero(groups == g).tolist()
+
+
+@pytest.mark.parametrize("num_samples", [1000, 1001, 7])
+@pytest.mark.parametrize("replicas", [2, 3, 4])
+def test_world_size_invariance(num_samples, replicas):
+    groups = _groups(SIZES)
+    single = list(TemperatureSampler(groups, 5.0, num_samples=num_samples, seed=3, num_replicas=1, rank=0))
+    ranks = [list(TemperatureSampler(groups, 5.0, num_samples=num_samples, seed=3, num_replicas=replicas, rank=r))
+             for r in range(replicas)]
+    assert len({len(r) for r in ranks}) == 1  # every rank yields the same count
+    per_rank = -(-num_samples // replicas)
+    assert len(ranks[0]) == per_rank
+    interleaved = [ranks[r][i] for i in range(per_rank) for r in range(replicas)]
+    assert interleaved[:num_samples] == single
+    # Padding repeats the epoch's first samples, as DistributedSampler does.
+    assert interleaved[num_samples:] == single[: len(interleaved) - num_samples]
+
+
+def test_drop_last_trims_instead_of_padding():
+    groups = _groups(SIZES)
+    single = list(TemperatureSampler(groups, 2.0, num_samples=1001, seed=1))
+    ranks = [list(TemperatureSampler(groups, 2.0, num_samples=1001, seed=1, num_replicas=2, rank=r, drop_last=True))
+             for r in range(2)]
+    assert [len(r) for r in ranks] == [500, 500]
+    assert sorted(ranks[0] + ranks[1]) == sorted(single[:1000])
+
+
+def test_deterministic_per_seed_and_epoch():
+    groups = _groups(SIZES)
+    a = TemperatureSampler(groups, 5.0, seed=7)
+    b = TemperatureSampler(groups, 5.0, seed=7)
+    assert list(a) == list(b)
+    c = TemperatureSampler(groups, 5.0, seed=8)
+    assert list(a) != list(c)
+    first = list(a)
+    a.set_epoch(1)
+    assert list(a) != first
+    a.set_epoch(0)
+    assert list(a) == first
+
+
+@pytest.mark.parametrize("t", [1.0, 3.33, 5.0, float("inf")])
+def test_group_frequencies_follow_temperature_probs(t):
+    groups = _groups(SIZES)
+    sampler = TemperatureSampler(groups, t, num_samples=200_000, seed=11)
+    drawn = np.bincount(groups[sampler.epoch_plan(0).numpy()], minlength=len(SIZES))
+    expected = temperature_probs(SIZES, t).numpy() * drawn.sum()
+    assert chisquare(drawn, expected).pvalue > 1e-3
+    # The same counts are clearly inconsistent with a different temperature: the test has power.
+    wrong = temperature_probs(SIZES, t * 2 if t < 100 else 1.0).numpy() * drawn.sum()
+    assert chisquare(drawn, wrong).pvalue < 1e-6
+
+
+def test_group_draws_are_iid_across_epochs():
+    # Per-epoch group counts should scatter like a multinomial: their variance matches n p (1 - p).
+    groups = _groups(SIZES)
+    sampler = TemperatureSampler(groups, 5.0, num_samples=2000, seed=0)
+    p = temperature_probs(SIZES, 5.0).numpy()
+    counts = np.stack([np.bincount(groups[sampler.epoch_plan(e).numpy()], minlength=4) for e in range(300)])
+    np.testing.assert_allclose(counts.var(axis=0), 2000 * p * (1 - p), rtol=0.25)
+
+
+def test_groups_walk_through_permutations_within_and_across_epochs():
+    groups = _groups(SIZES)
+    sampler = TemperatureSampler(groups, 5.0, num_samples=3000, seed=5)
+    seen = np.zeros(len(groups), dtype=np.int64)
+    for epoch in range(6):
+        np.add.at(seen, sampler.epoch_plan(epoch).numpy(), 1)
+        # Within every group, no example is drawn twice before all of its group has been drawn once:
+        # cumulative multiplicities differ by at most one. Drawing with replacement breaks this at once.
+        for g in range(len(SIZES)):
+            members = seen[groups == g]
+            assert members.max() - members.min() <= 1, (epoch, g)
+    # The tail group (5 examples) is upsampled far beyond its size. The head group is drawn about 1.6 times
+    # its size in total, and every one of its examples has been seen: draws with replacement would have
+    # left about e^-1.6 = 20% of them unseen.
+    assert seen[groups == 3].min() > 10
+    assert seen[groups == 0].min() == 1 and seen[groups == 0].max() == 2
+
+
+def test_with_replacement_would_fail_the_walk_property():
+    # Sanity check of the property used above: i.i.d. draws inside a group violate it.
+    rng = np.random.default_rng(0)
+    draws = np.bincount(rng.integers(0, 5, size=200), minlength=5)
+    assert draws.max() - draws.min() > 1
+
+
+def test_beyond_2_to_the_24_examples():
+    n = 2**24 + 1000
+    groups = np.zeros(n, dtype=np.int8)
+    groups[-3:] = 1  # a tiny group at indices above 2^24
+    sampler = TemperatureSampler(groups, float("inf"), num_samples=4000, seed=0)
+    plan = sampler.epoch_plan(0)
+    assert plan.max().item() >= 2**24
+    tail = plan[plan >= n - 3]
+    assert 1800 < len(tail) < 2200  # half of the draws go to the tail at T = inf
+    assert sorted(set(tail.tolist())) == [n - 3, n - 2, n - 1]
+
+
+def test_schedule_switches_inside_the_epoch_at_a_step_boundary():
+    groups = _groups(SIZES)
+    m, step = 100_000, 100
+    sampler = TemperatureSampler(
+        groups, Cooldown(start=float("inf"), end=1.0, at=0.5), num_samples=m, total_samples=m, step_size=step, seed=2
+    )
+    plan_groups = groups[sampler.epoch_plan(0).numpy()]
+    first, second = plan_groups[: m // 2], plan_groups[m // 2 :]
+    for part, t in ((first, float("inf")), (second, 1.0)):
+        drawn = np.bincount(part, minlength=4)
+        assert chisquare(drawn, temperature_probs(SIZES, t).numpy() * len(part)).pvalue > 1e-3
+    # The last step before the switch is uniform over groups, the first after is natural: no mixed step.
+    assert (plan_groups[m // 2 - step : m // 2] == 3).sum() > 10
+    assert (plan_groups[m // 2 : m // 2 + step] == 3).sum() <= 2
+
+
+def test_schedule_progress_runs_across_epochs():
+    groups = _groups(SIZES)
+    sampler = TemperatureSampler(groups, Cooldown(float("inf"), 1.0, 0.5), num_samples=10_000, total_samples=40_000,
+                                 step_size=10)
+    tail_share = []
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        tail_share.append(float((groups[np.array(list(sampler))] == 3).mean()))
+    assert tail_share[0] > 0.2 and tail_share[1] > 0.2
+    assert tail_share[2] < 0.01 and tail_share[3] < 0.01
+
+
+def test_schedule_needs_total_samples():
+    sampler = TemperatureSampler(_groups(SIZES), Cooldown(), num_samples=100)
+    with pytest.raises(ValueError, match="pass `total_samples=`"):
+        list(sampler)
+
+
+@pytest.mark.parametrize("replicas_after", [2, 4, 1])
+def test_resume_mid_epoch_continues_the_stream(replicas_after):
+    groups = _groups(SIZES)
+    kwargs = dict(num_samples=1000, seed=9)
+    full = [list(TemperatureSampler(groups, 5.0, num_replicas=2, rank=r, **kwargs)) for r in range(2)]
+    global_seq = [full[r][i] for i in range(500) for r in range(2)]
+
+    first = TemperatureSampler(groups, 5.0, num_replicas=2, rank=0, **kwargs)
+    iterator = iter(first)
+    taken = [next(iterator) for _ in range(123)]
+    assert taken == full[0][:123]
+    state = first.state_dict()
+    assert state["consumed"] == 246 and state["epoch"] == 0
+
+    resumed = [TemperatureSampler(groups, 5.0, num_replicas=replicas_after, rank=r, **kwargs)
+               for r in range(replicas_after)]
+    rest = []
+    for sampler in resumed:
+        sampler.load_state_dict(state)
+        rest.append(list(sampler))
+    merged = [rest[r][i] for i in range(len(rest[0])) for r in range(replicas_after)]
+    assert merged[: 1000 - 246] == global_seq[246:]
+    # The resume applies once: the next pass over the same epoch is whole again.
+    assert len(list(resumed[0])) == len(resumed[0])
+
+
+def test_resume_refuses_a_different_stream():
+    groups = _groups(SIZES)
+    state = TemperatureSampler(groups, 5.0, seed=1).state_dict()
+    with pytest.raises(ValueError, match="seed=1 but this sampler has seed=2"):
+        TemperatureSampler(groups, 5.0, seed=2).load_state_dict(state)
+
+
+def test_len_is_per_rank():
+    groups = _groups(SIZES)
+    assert len(TemperatureSampler(groups, num_samples=10, num_replicas=3, rank=0)) == 4
+    assert len(TemperatureSampler(groups, num_samples=10, num_replicas=3, rank=0, drop_last=True)) == 3
+    assert len(TemperatureSampler(groups)) == sum(SIZES)
+
+
+def test_accepts_list_ndarray_and_tensor():
+    ids = [0, 1, 1, 2, 0, 2, 2]
+    plans = [TemperatureSampler(g, 2.0, seed=0).epoch_plan(0).tolist()
+             for g in (ids, np.array(ids, dtype=np.int16), torch.tensor(ids))]
+    assert plans[0] == plans[1] == plans[2]
+
+
+@pytest.mark.parametrize("groups, error, match", [
+    ([0.0, 1.0, 1.5], TypeError, "integer group ids"),
+    (np.array([True, False]), TypeError, "integer group ids"),
+    ([[0, 1], [1, 0]], ValueError, "1-D"),
+    ([], ValueError, "empty"),
+    ([0, -1, 2], ValueError, "group ids >= 0"),
+])
+def test_invalid_groups(groups, error, match):
+    with pytest.raises(error, match=match):
+        TemperatureSampler(groups)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"rank": 2, "num_replicas": 2}, r"`rank` to be in \[0, num_replicas\)"),
+    ({"rank": -1, "num_replicas": 2}, r"`rank` to be in"),
+    ({"num_replicas": 0}, "`num_replicas` to be a positive integer"),
+    ({"num_samples": 0}, "`num_samples` to be a positive integer"),
+    ({"temperature": 0.0}, "`temperature` to be > 0"),
+    ({"temperature": float("nan")}, "`temperature` to be > 0"),
+    ({"step_size": 0}, "`step_size`"),
+])
+def test_invalid_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TemperatureSampler([0, 1, 1], **kwargs)
+
+
+def test_schedule_with_invalid_output_fails_when_planned():
+    sampler = TemperatureSampler([0, 1, 1], lambda p: -1.0, total_samples=3)
+    with pytest.raises(ValueError, match="schedule .* returned -1.0"):
+        list(sampler)

@@ -274,6 +274,7 @@ class BalancedDataModule(LightningDataModule):
     # ------------------------------------------------------------------ dataloaders
     def train_dataloader(self) -> DataLoader:
         dataset = self._require_train_dataset()
+        group_index = self.group_index  # validates the group ids before anything else
         world, rank = self._world()
         global_batch = self.batch_size * world
         requested = self.samples_per_epoch or len(dataset)  # type: ignore[arg-type]
@@ -291,7 +292,7 @@ class BalancedDataModule(LightningDataModule):
             self._horizon_steps = self._resolve_horizon_steps(num_samples)
             total_samples = self._horizon_steps * step_size
         self.sampler = TemperatureSampler(
-            self.group_index,
+            group_index,
             sampler_temperature,
             num_samples=num_samples,
             num_replicas=world,

@@ -73,6 +73,25 @@ class _IndexedCollate:
         return IndexedBatch(indices, self.collate_fn([sample for _, sample in items]))
 
 
+class _ResumableDataLoader(DataLoader):
+    """A DataLoader that Lightning recognises as resumable mid-epoch.
+
+    Its state is the sampler's position, computed by the DataModule from the Trainer's progress; restoring
+    it is idempotent with the DataModule's own ``load_state_dict``, so either path resumes the stream.
+    """
+
+    def __init__(self, *args: Any, datamodule: "BalancedDataModule", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.datamodule = datamodule
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.datamodule.state_dict().get("sampler", {})
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict and isinstance(self.sampler, TemperatureSampler):
+            self.sampler.load_state_dict(state_dict)
+
+
 class BalancedDataModule(LightningDataModule):
     """A DataModule that balances groups by upsampling, upweighting or a schedule of them.
 
@@ -304,8 +323,9 @@ class BalancedDataModule(LightningDataModule):
         if self._pending_sampler_state is not None:
             self.sampler.load_state_dict(self._pending_sampler_state)
             self._pending_sampler_state = None
-        return DataLoader(
+        return _ResumableDataLoader(
             _IndexedDataset(dataset),
+            datamodule=self,
             batch_size=self.batch_size,
             sampler=self.sampler,
             num_workers=self.num_workers,

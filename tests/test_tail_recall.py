@@ -174,10 +174,11 @@ def test_quantile_metric_matches_sklearn_on_small_counts():
     result = tail_recall(logits, target, counts, split="quantile")
     order = np.argsort(counts, kind="stable")
     masks = {name: np.zeros(12, dtype=bool) for name in ("head", "medium", "tail")}
-    masks["tail"][[9, 10, 11]] = True  # the three 20s
-    masks["head"][[0, 1, 2]] = True
+    # A third of 12 classes is 4: the three 20s and the 21 are the tail, the four largest the head.
+    masks["tail"][[8, 9, 10, 11]] = True
+    masks["head"][[0, 1, 2, 3]] = True
     masks["medium"] = ~masks["head"] & ~masks["tail"]
-    assert set(order[:3]) == {9, 10, 11}
+    assert set(order[:4]) == {8, 9, 10, 11}
     _assert_matches(result, _reference(logits.argmax(-1).numpy(), target.numpy(), counts, masks))
 
 
@@ -211,15 +212,18 @@ def test_split_without_targets_warns_once_per_instance_not_per_compute_or_batch(
         metric.compute()
         metric.reset()
         metric.update(torch.tensor([0]), torch.tensor([0]))
+        metric.compute()  # now medium is absent too: its own warning, tail's is not repeated
         metric.compute()
     messages = _messages(record)
-    assert len(messages) == 1 and "None of the 1 tail classes has a target" in messages[0]
+    assert len(messages) == 2
+    assert "None of the 1 tail classes has a target" in messages[0]
+    assert "None of the 1 medium classes has a target" in messages[1]
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         other = TailRecall([500, 50, 5])
         other.update(torch.tensor([0]), torch.tensor([0]))
         other.compute()
-    assert len(_messages(record)) == 1  # a new instance warns again
+    assert len(_messages(record)) == 2  # a new instance warns again, for medium and for tail
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -258,7 +262,7 @@ def test_extra_dimensions_are_flattened():
         ([5, float("nan")], "finite"),
         ([5, float("inf")], "finite"),
         ([True, False], "real numbers"),
-        ("abc", "real numbers"),
+        ("abc", "1-D sequence with the training count"),
     ],
 )
 def test_invalid_class_counts(class_counts, match):

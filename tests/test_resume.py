@@ -1,0 +1,56 @@
+"""Resuming from a mid-epoch checkpoint continues the exact index stream of an uninterrupted run."""
+
+import glob
+import os
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_balance import Cooldown
+from tests.helpers import RecordIndices, ToyData, ToyModel, trainer
+
+STEPS = 50  # 20 steps per epoch: checkpoints at 13 (mid epoch 0) and 26 (mid epoch 1)
+
+
+def _run(tmp_path, strategy, temperature, ckpt_path=None, save_every=None, num_workers=2):
+    recorder = RecordIndices()
+    callbacks = [recorder]
+    if save_every:
+        callbacks.append(ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=save_every, save_top_k=-1))
+    dm = ToyData(strategy=strategy, temperature=temperature, batch_size=8, samples_per_epoch=160,
+                 num_workers=num_workers, seed=4)
+    torch.manual_seed(0)
+    model = ToyModel()
+    trainer(max_steps=STEPS, callbacks=callbacks, enable_checkpointing=bool(save_every)).fit(
+        model, dm, ckpt_path=ckpt_path
+    )
+    return recorder, model
+
+
+@pytest.mark.parametrize("strategy, temperature", [
+    ("upsample", Cooldown(5.0, 1.0, 0.5)),
+    ("upweight", Cooldown(5.0, 1.0, 0.5)),
+    ("natural", 1.0),
+])
+def test_resume_matches_uninterrupted_run(tmp_path, strategy, temperature):
+    full, full_model = _run(tmp_path, strategy, temperature, save_every=13)
+    assert len(full.steps) == STEPS
+    checkpoints = {int(p.split("step=")[1].split(".")[0]): p for p in glob.glob(os.path.join(tmp_path, "*.ckpt"))}
+    assert sorted(checkpoints) == [13, 26, 39]
+    for step in (13, 26):
+        resumed, resumed_model = _run(tmp_path / f"resumed{step}", strategy, temperature, ckpt_path=checkpoints[step])
+        # Neither a sample skipped nor one repeated: the stream continues where training stopped, even
+        # though two DataLoader workers had prefetched past that point.
+        assert resumed.steps == full.steps[step:]
+        assert resumed.temperatures == full.temperatures[step:]
+        for a, b in zip(full_model.parameters(), resumed_model.parameters()):
+            torch.testing.assert_close(a, b)
+
+
+def test_checkpoint_holds_plain_sampler_state(tmp_path):
+    _run(tmp_path, "upsample", 5.0, save_every=13, num_workers=0)
+    path = sorted(glob.glob(os.path.join(tmp_path, "*.ckpt")))[0]
+    state = torch.load(path, weights_only=False)["ToyData"]["sampler"]
+    assert state == {"epoch": 0, "consumed": 13 * 8, "seed": 4, "num_samples": 160, "num_examples": 376,
+                     "strategy": "upsample"}

@@ -25,6 +25,7 @@ from typing import Any, Callable, Literal, NamedTuple, Optional, Union
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from lightning_balance.sampler import GroupIndex, GroupsLike, TemperatureSampler
@@ -360,18 +361,26 @@ class BalancedDataModule(LightningDataModule):
 
         A callback may define ``transform_train_batch(trainer, pl_module, batch, indices) -> (batch, indices)``
         (batch already on the device, ``indices`` the dataset index of each sample); :class:`~lightning_balance.SALN`
-        uses it to keep part of every batch.
+        uses it to keep part of every batch. A LightningModule's own ``on_after_batch_transfer`` runs afterwards
+        (Lightning warns that the DataModule's hook takes precedence; both run). A module's
+        ``on_before_batch_transfer`` sees training batches as :class:`IndexedBatch`.
         """
-        if not isinstance(batch, IndexedBatch):
-            return batch
-        indices, batch = batch.indices, batch.batch
         trainer = self.trainer
-        if trainer is not None and trainer.training:
-            for callback in trainer.callbacks:  # type: ignore[attr-defined]
-                transform = getattr(callback, "transform_train_batch", None)
-                if callable(transform):
-                    batch, indices = transform(trainer, trainer.lightning_module, batch, indices)
-        self._batch_groups = self.train_group_ids.to(indices.device)[indices]
+        if isinstance(batch, IndexedBatch):
+            indices, batch = batch.indices, batch.batch
+            if trainer is not None and trainer.training:
+                for callback in trainer.callbacks:  # type: ignore[attr-defined]
+                    transform = getattr(callback, "transform_train_batch", None)
+                    if callable(transform):
+                        batch, indices = transform(trainer, trainer.lightning_module, batch, indices)
+            self._batch_groups = self.train_group_ids.to(indices.device)[indices]
+        else:
+            # Evaluation batches carry no indices: no group weights apply to them.
+            self._batch_groups = None
+        # Lightning calls only the DataModule's hook when both define it; keep the module's hook working.
+        module = trainer.lightning_module if trainer is not None else None
+        if module is not None and is_overridden("on_after_batch_transfer", module, LightningModule):
+            batch = module.on_after_batch_transfer(batch, dataloader_idx)
         return batch
 
     def state_dict(self) -> dict[str, Any]:

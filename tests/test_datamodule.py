@@ -210,3 +210,21 @@ def test_epoch_smaller_than_a_batch():
     dm.setup()
     with pytest.raises(ValueError, match="smaller than one global batch"):
         dm.train_dataloader()
+
+
+def test_validation_loss_is_unweighted_and_module_hook_still_runs():
+    seen = {}
+
+    class Model(ToyModel):
+        def on_after_batch_transfer(self, batch, dataloader_idx):
+            seen["calls"] = seen.get("calls", 0) + 1
+            return batch
+
+        def validation_step(self, batch, batch_idx):
+            losses = torch.nn.functional.cross_entropy(self(batch[0]), batch[1], reduction="none")
+            seen["val"] = (float(balanced_loss(self, losses)), float(losses.mean()))
+
+    dm = ToyData(strategy="upweight", temperature=5.0, batch_size=8, samples_per_epoch=16)
+    trainer(max_epochs=1, limit_val_batches=1).fit(Model(), dm)
+    assert seen["val"][0] == pytest.approx(seen["val"][1])
+    assert seen["calls"] == 3  # two training batches and one validation batch

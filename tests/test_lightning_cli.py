@@ -31,7 +31,7 @@ trainer:
 
 
 def _cli(args):
-    return LightningCLI(MLPClassifier, LongTailDigits, run=False, args=args, save_config_kwargs={"overwrite": True})
+    return LightningCLI(MLPClassifier, LongTailDigits, run=False, args=args, save_config_callback=None)
 
 
 def test_yaml_config_with_a_schedule_class(tmp_path):

@@ -19,8 +19,8 @@ plain mean under ``natural`` and ``upsample`` and applies the current scalarizat
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any, Callable, Literal, NamedTuple, Optional, Union
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple, Optional, Union
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -81,7 +81,7 @@ class _ResumableDataLoader(DataLoader):
     it is idempotent with the DataModule's own ``load_state_dict``, so either path resumes the stream.
     """
 
-    def __init__(self, *args: Any, datamodule: "BalancedDataModule", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, datamodule: BalancedDataModule, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.datamodule = datamodule
 
@@ -94,11 +94,11 @@ class _ResumableDataLoader(DataLoader):
 
 
 class BalancedDataModule(LightningDataModule):
-    """A DataModule that balances groups by upsampling, upweighting or a schedule of them.
+    r"""A DataModule that balances groups by upsampling, upweighting or a schedule of them.
 
     Args:
         strategy: ``"natural"`` samples every example equally often (temperature 1, no weights);
-            ``"upsample"`` draws groups with :math:`p_i \\propto n_i^{1/T}`; ``"upweight"`` samples naturally
+            ``"upsample"`` draws groups with :math:`p_i \propto n_i^{1/T}`; ``"upweight"`` samples naturally
             and scales each sample's loss by :math:`p_i(T)/p_i(1)`.
         temperature: ``T`` (a float; ``float("inf")`` is uniform over groups) or a schedule
             ``schedule(progress) -> T`` such as :class:`~lightning_balance.Cooldown`. Cooldown as in the paper is
@@ -392,7 +392,7 @@ class BalancedDataModule(LightningDataModule):
         if trainer is not None:
             # The sampler's own count runs ahead of training when DataLoader workers prefetch; the Trainer's
             # progress counts the batches whose training step has run.
-            processed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            processed = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # type: ignore[attr-defined]
             state["consumed"] = processed * self.batch_size * self.sampler.num_replicas
         state["strategy"] = self.strategy
         return {"sampler": state}

@@ -39,7 +39,12 @@ class MLPClassifier(LightningModule):
     """
 
     def __init__(
-        self, num_features: int = 64, num_classes: int = 10, hidden: int = 64, lr: float = 0.05, weight_decay: float = 0.0
+        self,
+        num_features: int = 64,
+        num_classes: int = 10,
+        hidden: int = 64,
+        lr: float = 0.05,
+        weight_decay: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -74,5 +79,5 @@ class MLPClassifier(LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(
-            self.parameters(), lr=self.hparams.lr, momentum=0.9, weight_decay=self.hparams.weight_decay
+            self.parameters(), lr=self.hparams["lr"], momentum=0.9, weight_decay=self.hparams["weight_decay"]
         )

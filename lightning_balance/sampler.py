@@ -141,7 +141,8 @@ class TemperatureSampler(DistributedSampler):
     distributed and neither wraps nor re-shuffles it.
 
     Args:
-        groups: integer group id of every dataset index (list, ndarray or tensor).
+        groups: integer group id of every dataset index (list, ndarray or tensor), or a prebuilt
+            :class:`GroupIndex` to share one between samplers.
         temperature: a temperature :math:`T > 0` (``float("inf")`` is uniform over groups) or a schedule
             ``schedule(progress) -> temperature`` such as :class:`~lightning_balance.Cooldown`.
         num_samples: global number of samples per epoch, over all replicas. Defaults to ``len(groups)``.
@@ -170,7 +171,7 @@ class TemperatureSampler(DistributedSampler):
 
     def __init__(
         self,
-        groups: GroupsLike,
+        groups: Union[GroupsLike, GroupIndex],
         temperature: TemperatureLike = 1.0,
         *,
         num_samples: Optional[int] = None,

@@ -11,7 +11,8 @@ by ``class_path``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Union
+from collections.abc import Callable
+from typing import Union
 
 from lightning_balance.temperature import _validate_temperature
 
@@ -84,7 +85,9 @@ class LinearRamp:
         self.start = _validate_temperature(start, "start")
         self.end = _validate_temperature(end, "end")
         if math.isinf(self.start) or math.isinf(self.end):
-            raise ValueError("`LinearRamp` needs finite `start` and `end` temperatures; use `Cooldown` for a step to inf.")
+            raise ValueError(
+                "`LinearRamp` needs finite `start` and `end` temperatures; use `Cooldown` for a step to inf."
+            )
         if not 0.0 <= begin < finish <= 1.0:
             raise ValueError(
                 f"Expected 0 <= `begin` < `finish` <= 1 (fractions of training), but got begin={begin!r},"
@@ -117,7 +120,7 @@ def resolve_temperature(temperature: TemperatureLike, progress: float) -> float:
         >>> resolve_temperature(lambda p: -1.0, 0.5)
         Traceback (most recent call last):
         ...
-        ValueError: The temperature schedule <lambda> returned -1.0 at progress 0.5; a schedule must return a temperature > 0 (or float('inf')).
+        ValueError: The temperature schedule <lambda> returned -1.0 at progress 0.5; a schedule must return ...
     """
     if not callable(temperature):
         return _validate_temperature(temperature)

@@ -19,7 +19,9 @@ Normalization = Literal["batch", "weights"]
 _NORMALIZATIONS = ("batch", "weights")
 
 
-def weighted_mean(per_sample_loss: torch.Tensor, weights: torch.Tensor, normalize: Normalization = "batch") -> torch.Tensor:
+def weighted_mean(
+    per_sample_loss: torch.Tensor, weights: torch.Tensor, normalize: Normalization = "batch"
+) -> torch.Tensor:
     r"""Reduce a per-sample loss with per-sample weights.
 
     Args:

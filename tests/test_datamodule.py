@@ -104,7 +104,7 @@ def test_upweighted_loss_is_unbiased_for_the_temperature_loss():
     for epoch in range(10):
         loader = dm.train_dataloader()
         dm.sampler.set_epoch(epoch)
-        for indices, (_, y) in loader:
+        for _indices, (_, y) in loader:
             values.append(float(dm.reduce_loss(group_loss[y], y)))
     expected = float((temperature_probs([300, 60, 12, 4], 5.0) * group_loss.double()).sum())
     natural = float((temperature_probs([300, 60, 12, 4], 1.0) * group_loss.double()).sum())

@@ -44,7 +44,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, strategy, temperature):
         # though two DataLoader workers had prefetched past that point.
         assert resumed.steps == full.steps[step:]
         assert resumed.temperatures == full.temperatures[step:]
-        for a, b in zip(full_model.parameters(), resumed_model.parameters()):
+        for a, b in zip(full_model.parameters(), resumed_model.parameters(), strict=True):
             torch.testing.assert_close(a, b)
 
 

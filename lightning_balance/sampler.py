@@ -46,8 +46,9 @@ _COUNTS, _PASSES, _SHUFFLE = 0, 1, 2
 # Permutations of small groups are made in blocks of about this many elements, so a tail group drawn a
 # million times costs a few vectorised calls instead of one call per pass.
 _PASS_BLOCK = 1 << 16
-# At most this many schedule evaluations per epoch; beyond it, consecutive steps share one evaluation.
-_MAX_SCHEDULE_EVALS = 1 << 16
+# The schedule is evaluated on at most about this many blocks of steps per epoch (plus a bisection where the
+# temperature changes), which bounds the number of segments and so the planning cost of smooth schedules.
+_MAX_SCHEDULE_BLOCKS = 1 << 10
 # Indices are handed to the DataLoader in chunks: ``tolist()`` on a whole 10^8 epoch would need GBs.
 _YIELD_CHUNK = 1 << 16
 
@@ -307,23 +308,44 @@ class TemperatureSampler(DistributedSampler):
         return max(1, math.ceil(self.total_samples / self.step_size))
 
     def _segments(self, epoch: int) -> list[tuple[int, float]]:
-        """``(length, temperature)`` runs of constant temperature covering the epoch, in order."""
+        """``(length, temperature)`` runs of constant temperature covering the epoch, in order.
+
+        With more steps in the epoch than ``_MAX_SCHEDULE_BLOCKS``, the schedule is read once per block of steps,
+        and where two blocks differ a bisection finds the first step of the new value. A step schedule such as
+        Cooldown therefore still switches on its exact step; a smooth ramp is held constant within each block.
+        """
         total_steps = self._progress_steps()
         if total_steps is None:
             return [(self.num_samples, resolve_temperature(self.temperature, 0.0))]
         first = epoch * self.num_samples
         last = first + self.num_samples  # exclusive, in global samples since the start of training
         step_lo, step_hi = first // self.step_size, (last - 1) // self.step_size + 1
-        stride = max(1, math.ceil((step_hi - step_lo) / _MAX_SCHEDULE_EVALS))
+
+        def at(step: int) -> float:
+            return resolve_temperature(self.temperature, step / total_steps)
+
+        stride = max(1, math.ceil((step_hi - step_lo) / _MAX_SCHEDULE_BLOCKS))
+        starts = list(range(step_lo, step_hi, stride))
+        changes = [(step_lo, at(step_lo))]
+        for block_start in starts[1:]:
+            value = at(block_start)
+            if value == changes[-1][1]:
+                continue
+            lo, hi = max(block_start - stride, changes[-1][0]), block_start  # at(lo) is the old value
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if at(mid) == changes[-1][1]:
+                    lo = mid
+                else:
+                    hi = mid
+            changes.append((hi, at(hi)))
         segments: list[tuple[int, float]] = []
-        for step in range(step_lo, step_hi, stride):
-            t = resolve_temperature(self.temperature, step / total_steps)
-            lo = max(step * self.step_size, first)
-            hi = min((step + stride) * self.step_size, last)
+        bounds = [max(step * self.step_size, first) for step, _ in changes] + [last]
+        for (_, t), lo_sample, hi_sample in zip(changes, bounds[:-1], bounds[1:]):
             if segments and segments[-1][1] == t:
-                segments[-1] = (segments[-1][0] + hi - lo, t)
-            else:
-                segments.append((hi - lo, t))
+                segments[-1] = (segments[-1][0] + hi_sample - lo_sample, t)
+            elif hi_sample > lo_sample:
+                segments.append((hi_sample - lo_sample, t))
         return segments
 
     def _segment_counts(self, epoch: int, segments: list[tuple[int, float]]) -> torch.Tensor:

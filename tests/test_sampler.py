@@ -231,3 +231,28 @@ def test_schedule_with_invalid_output_fails_when_planned():
     sampler = TemperatureSampler([0, 1, 1], lambda p: -1.0, total_samples=3)
     with pytest.raises(ValueError, match="schedule .* returned -1.0"):
         list(sampler)
+
+
+def test_step_schedule_switches_on_its_exact_step_in_long_epochs():
+    # 200,000 one-sample steps: far more than the schedule is read per epoch, yet the switch is exact.
+    groups = _groups(SIZES)
+    m = 200_000
+    sampler = TemperatureSampler(groups, Cooldown(float("inf"), 1.0, 0.5), num_samples=m, total_samples=m, seed=4)
+    assert sampler._segments(0) == [(m // 2, float("inf")), (m // 2, 1.0)]
+    tail = groups[sampler.epoch_plan(0).numpy()] == 3
+    assert tail[m // 2 - 1000 : m // 2].sum() > 180
+    assert tail[m // 2 : m // 2 + 1000].sum() < 10
+
+
+def test_smooth_schedule_is_planned_in_bounded_segments():
+    from lightning_balance import LinearRamp
+
+    groups = _groups(SIZES)
+    m = 300_000
+    sampler = TemperatureSampler(groups, LinearRamp(10.0, 1.0), num_samples=m, total_samples=m, seed=4)
+    segments = sampler._segments(0)
+    assert sum(length for length, _ in segments) == m
+    assert len(segments) <= 2 * 1024
+    temperatures = [t for _, t in segments]
+    assert temperatures == sorted(temperatures, reverse=True) and temperatures[0] == 10.0
+    assert temperatures[-1] == pytest.approx(1.0, abs=2 * 9 / 1024)  # held for at most two blocks

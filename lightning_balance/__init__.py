@@ -1,8 +1,11 @@
 """Balanced training on heavily imbalanced, long-tailed data with PyTorch Lightning."""
 
+from lightning_balance.callbacks.tail_recall_monitor import TailRecallMonitor
 from lightning_balance.datamodule import BalancedDataModule, IndexedBatch, balanced_loss
 from lightning_balance.sampler import GroupIndex, TemperatureSampler
 from lightning_balance.schedules import Constant, Cooldown, LinearRamp, resolve_temperature
+from lightning_balance.functional.tail_recall import long_tail_split
+from lightning_balance.tail_recall import TailRecall
 from lightning_balance.temperature import scalarization_variance_factor, scalarization_weights, temperature_probs
 from lightning_balance.weighting import weighted_mean
 
@@ -12,11 +15,14 @@ __all__ = [
     "BalancedDataModule",
     "IndexedBatch",
     "balanced_loss",
+    "long_tail_split",
     "weighted_mean",
     "Constant",
     "Cooldown",
     "GroupIndex",
     "LinearRamp",
+    "TailRecall",
+    "TailRecallMonitor",
     "TemperatureSampler",
     "resolve_temperature",
     "scalarization_variance_factor",

@@ -70,7 +70,7 @@ def test_functional_matches_sklearn_per_split(seed, form):
 def test_metric_accumulates_batches_like_one_call_and_like_sklearn():
     logits, target = _random_problem(3, n=500)
     metric = TailRecall(COUNTS)
-    for chunk_logits, chunk_target in zip(logits.split(64), target.split(64)):
+    for chunk_logits, chunk_target in zip(logits.split(64), target.split(64), strict=True):
         metric.update(chunk_logits, chunk_target)
     result = metric.compute()
     expected = _reference(logits.argmax(-1).numpy(), target.numpy(), COUNTS, _absolute_masks(COUNTS))

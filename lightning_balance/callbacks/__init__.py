@@ -1,0 +1,6 @@
+"""Lightning callbacks of the package."""
+
+from lightning_balance.callbacks.saln import SALN
+from lightning_balance.callbacks.tail_recall_monitor import TailRecallMonitor
+
+__all__ = ["SALN", "TailRecallMonitor"]

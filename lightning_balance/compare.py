@@ -1,0 +1,822 @@
+r"""
+Comparing balancing strategies
+^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+
+The functional core of ``lightning-balance compare``: train the same model on the same data under natural
+sampling, upsampling, upweighting, Cooldown (and optionally SALN) over several seeds, record per-group
+validation loss and recall along the way, and summarise every strategy as mean ± std over the seeds.
+
+What a DataModule and a model must provide
+------------------------------------------
+* The DataModule is a :class:`~lightning_balance.BalancedDataModule` whose ``__init__`` accepts (and passes on)
+  ``strategy``, ``temperature`` and ``seed``; its groups are the classes (the validation targets), so
+  head/medium/tail are the classes split by training count (:class:`~lightning_balance.tail_recall.TailRecall`).
+  ``setup('fit')`` must give a training set with at least two non-empty groups and a validation set.
+* The model's ``training_step`` reduces a per-sample loss with :func:`~lightning_balance.balanced_loss`. That
+  call is the only place where ``upweight`` applies its weights, so a model that bypasses it would silently
+  train ``upweight`` exactly like ``natural``. The runner checks it on the first training batch.
+* ``validation_step`` returns ``{"preds": logits, "target": labels}`` (as
+  :class:`~lightning_balance.models.MLPClassifier` does) or the logits; otherwise the runner calls
+  ``model(batch[0])`` for the logits and takes ``batch[1]`` as the target. The per-group validation loss is the
+  cross-entropy of those logits.
+
+Only rank 0 records: every rank computes the synchronised metrics (their states are summed over processes),
+rank 0 keeps the curve points and builds the results; the other ranks return an empty result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback, LightningDataModule, LightningModule
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.data import extract_batch_size
+from torch import Tensor
+from torchmetrics import Metric
+from typing_extensions import override
+
+from lightning_balance.datamodule import BalancedDataModule
+from lightning_balance.functional.tail_recall import SPLITS
+from lightning_balance.schedules import Cooldown, TemperatureLike
+from lightning_balance.tail_recall import TailRecall
+
+__all__ = [
+    "CompareResult",
+    "CompareSettings",
+    "ComponentSpec",
+    "ConfigurationError",
+    "RunResult",
+    "RunSpec",
+    "check_output_dir",
+    "compare",
+    "default_runs",
+    "import_object",
+    "run_once",
+    "summarize",
+]
+
+#: Metrics of every validation point, in the order the tables show them.
+METRICS = tuple(
+    [f"recall_{s}" for s in (*SPLITS, "macro", "worst")]
+    + [f"f1_{s}" for s in (*SPLITS, "macro", "worst")]
+    + [f"loss_{s}" for s in (*SPLITS, "all")]
+)
+#: The runs ``compare`` makes by default, by name.
+RUN_NAMES = ("natural", "upsample", "upweight", "cooldown", "saln")
+#: Strategies whose processes would not report back to the runner.
+_SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_notebook", "ddp_fork", "ddp_spawn_find_unused_parameters_true")
+
+
+class ConfigurationError(ValueError):
+    """A setting the comparison cannot run with; the message names the argument, the value and the fix."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What to run
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunSpec:
+    """One strategy of the comparison.
+
+    Args:
+        name: label in tables and files (``"upsample"``, ``"cooldown"``...).
+        strategy: the :class:`~lightning_balance.BalancedDataModule` strategy.
+        temperature: fixed temperature or schedule.
+        saln_keep: when set, train with :class:`~lightning_balance.callbacks.SALN` keeping this fraction.
+    """
+
+    name: str
+    strategy: str
+    temperature: TemperatureLike = 1.0
+    saln_keep: Optional[float] = None
+
+    @property
+    def label(self) -> str:
+        """The temperature (or schedule) in words, e.g. ``"T=5"`` or ``"T=5→1 at 50%"``."""
+        t = self.temperature
+        if isinstance(t, Cooldown):
+            return f"T={_num(t.start)}→{_num(t.end)} at {t.at:.0%}"
+        if callable(t):
+            return repr(t)
+        label = f"T={_num(float(t))}" if self.strategy != "natural" else "T=1"
+        return label + (f", SALN keep {self.saln_keep:g}" if self.saln_keep is not None else "")
+
+
+def _num(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:g}"
+
+
+def default_runs(
+    temperature: float = 5.0,
+    cooldown_at: float = 0.5,
+    *,
+    saln_keep: Optional[float] = None,
+    only: Optional[Sequence[str]] = None,
+) -> list[RunSpec]:
+    """The paper's comparison: natural, upsample (T), upweight (T), Cooldown (T → 1), optionally SALN.
+
+    Args:
+        temperature: ``T`` of upsampling, upweighting and the start of Cooldown.
+        cooldown_at: fraction of training after which Cooldown samples at ``T = 1``.
+        saln_keep: add a natural-sampling run with SALN keeping this fraction of every batch.
+        only: names of the runs to keep (from ``natural, upsample, upweight, cooldown, saln``).
+
+    Example:
+        >>> [(r.name, r.label) for r in default_runs(5.0)]
+        [('natural', 'T=1'), ('upsample', 'T=5'), ('upweight', 'T=5'), ('cooldown', 'T=5→1 at 50%')]
+    """
+    runs = [
+        RunSpec("natural", "natural", 1.0),
+        RunSpec("upsample", "upsample", temperature),
+        RunSpec("upweight", "upweight", temperature),
+        RunSpec("cooldown", "upsample", Cooldown(temperature, 1.0, cooldown_at)),
+    ]
+    if saln_keep is not None:
+        runs.append(RunSpec("saln", "natural", 1.0, saln_keep=saln_keep))
+    if only is not None:
+        unknown = [name for name in only if name not in RUN_NAMES]
+        if unknown or not only:
+            raise ConfigurationError(
+                f"Expected `only` to name runs among {RUN_NAMES}, but got {list(only)!r}."
+                " Separate several with commas, e.g. --only natural,upsample."
+            )
+        if "saln" in only and saln_keep is None:
+            raise ConfigurationError("`only` names 'saln' but SALN is off: add --saln (and --saln-keep) to run it.")
+        runs = [run for run in runs if run.name in only]
+    return runs
+
+
+@dataclass
+class CompareSettings:
+    """How long and how each run trains, and how it is measured.
+
+    Args:
+        seeds: seeds of the runs; each seed fixes the model's initialisation and the sampling plan, and is
+            shared by all strategies so that they are compared pairwise.
+        max_steps: optimizer steps per run.
+        val_every: validate every this many optimizer steps (and always at the end).
+        tail_target: report the first step at which tail recall reached this value.
+        many: head threshold of the class split (head: more than ``many`` training examples).
+        few: tail threshold (tail: fewer than ``few`` training examples).
+        split: ``"absolute"`` (thresholds above) or ``"quantile"`` (thirds of the classes by count).
+        trainer_kwargs: passed to every ``Trainer`` (``accelerator``, ``devices``, ``strategy``...).
+    """
+
+    seeds: Sequence[int] = (0, 1, 2)
+    max_steps: int = 1500
+    val_every: int = 50
+    tail_target: float = 0.5
+    many: float = 100
+    few: float = 20
+    split: str = "absolute"
+    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "val_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"Expected `{name}` to be a positive integer, but got {value!r}.")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigurationError(f"Expected `seeds` to be distinct integers, at least one, but got {self.seeds!r}.")
+        if not 0.0 <= float(self.tail_target) <= 1.0:
+            raise ConfigurationError(
+                f"Expected `tail_target` to be a recall in [0, 1], but got {self.tail_target!r}. Try 0.5."
+            )
+        strategy = self.trainer_kwargs.get("strategy")
+        if isinstance(strategy, str) and strategy in _SPAWNING_STRATEGIES:
+            raise ConfigurationError(
+                f"`strategy={strategy!r}` trains in spawned processes that do not report back to the runner. Use"
+                " --strategy ddp (it re-launches the command on every device and rank 0 writes the results)."
+            )
+        self.seeds = [int(s) for s in self.seeds]
+
+
+@dataclass
+class ComponentSpec:
+    """A class to build with keyword arguments, e.g. a DataModule class and its ``init_args``.
+
+    Example:
+        >>> from lightning_balance.datasets import LongTailDigits
+        >>> spec = ComponentSpec(LongTailDigits, {"batch_size": 16})
+        >>> spec.build(strategy="upweight").batch_size
+        16
+    """
+
+    cls: type
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    argument: str = "--datamodule"
+
+    @property
+    def name(self) -> str:
+        return f"{self.cls.__module__}.{self.cls.__qualname__}"
+
+    def build(self, **overrides: Any) -> Any:
+        """An instance with ``kwargs`` updated by ``overrides``; a bad argument raises :class:`ConfigurationError`."""
+        kwargs = {**self.kwargs, **overrides}
+        try:
+            return self.cls(**kwargs)
+        except TypeError as err:
+            args_flag = f"{self.argument}-args"
+            hint = (
+                " The class must accept `strategy`, `temperature` and `seed` and pass them on to"
+                " BalancedDataModule.__init__ (e.g. through **kwargs)."
+                if self.argument == "--datamodule" else ""
+            )
+            raise ConfigurationError(
+                f"Cannot build `{self.argument}` {self.name}(**{kwargs!r}): {err}. Check {args_flag}.{hint}"
+            ) from err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Validation at the boundary
+# ----------------------------------------------------------------------------------------------------------
+def import_object(path: str, argument: str = "--datamodule") -> Any:
+    """Import ``package.module.Name``, ``package.module:Name`` or ``path/to/file.py:Name``.
+
+    The current directory is importable, as with ``python -m``, so a class in ``./my_data.py`` is
+    ``my_data.MyData``.
+
+    Raises:
+        ConfigurationError: the path does not resolve; the message names ``argument`` and the path.
+
+    Example:
+        >>> import_object("lightning_balance.datasets.LongTailDigits").__name__
+        'LongTailDigits'
+        >>> import_object("lightning_balance.datasets.Nope", "--datamodule")
+        Traceback (most recent call last):
+        ...
+        lightning_balance.compare.ConfigurationError: Cannot import `--datamodule` 'lightning_balance.datasets.Nope': module 'lightning_balance.datasets' has no attribute 'Nope'. ...
+    """
+    fix = (
+        " Give the import path of a class, `package.module.ClassName` or `path/to/file.py:ClassName`, importable"
+        f" from the current directory ({os.getcwd()})."
+    )
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigurationError(f"Cannot import `{argument}` {path!r}: it is empty.{fix}")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    module_name, sep, attribute = path.rpartition(":") if ":" in path else path.rpartition(".")
+    if not sep or not module_name or not attribute:
+        raise ConfigurationError(f"Cannot import `{argument}` {path!r}: it names no module.{fix}")
+    try:
+        if module_name.endswith(".py"):
+            file = Path(module_name)
+            if not file.is_file():
+                raise ImportError(f"no file {str(file)!r}")
+            spec = importlib.util.spec_from_file_location(file.stem, file)
+            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            sys.modules[file.stem] = module
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            module = importlib.import_module(module_name)
+        return getattr(module, attribute)
+    except (ImportError, AttributeError) as err:
+        raise ConfigurationError(f"Cannot import `{argument}` {path!r}: {err}.{fix}") from err
+
+
+def check_datamodule_class(cls: Any, argument: str = "--datamodule") -> type:
+    """Return ``cls`` if it is a :class:`~lightning_balance.BalancedDataModule` subclass, else explain.
+
+    Example:
+        >>> check_datamodule_class(dict)
+        Traceback (most recent call last):
+        ...
+        lightning_balance.compare.ConfigurationError: `--datamodule` builtins.dict is not a subclass of lightning_balance.BalancedDataModule. ...
+    """
+    if isinstance(cls, type) and issubclass(cls, BalancedDataModule):
+        return cls
+    name = f"{cls.__module__}.{cls.__qualname__}" if isinstance(cls, type) else repr(cls)
+    found = " (it is a plain LightningDataModule)" if isinstance(cls, type) and issubclass(cls, LightningDataModule) else ""
+    raise ConfigurationError(
+        f"`{argument}` {name} is not a subclass of lightning_balance.BalancedDataModule{found}. The runner switches"
+        " strategies through BalancedDataModule(strategy=..., temperature=...): subclass it and assign"
+        " `self.train_dataset` and `self.val_dataset` in `setup()`."
+    )
+
+
+def check_model_class(cls: Any, argument: str = "--model") -> type:
+    """Return ``cls`` if it is a LightningModule with its own ``training_step`` and ``validation_step``.
+
+    Whether ``training_step`` reduces its loss with :func:`~lightning_balance.balanced_loss` can only be seen
+    when it runs; the runner checks that on the first training batch.
+    """
+    name = f"{cls.__module__}.{cls.__qualname__}" if isinstance(cls, type) else repr(cls)
+    if not (isinstance(cls, type) and issubclass(cls, LightningModule)):
+        raise ConfigurationError(
+            f"`{argument}` {name} is not a LightningModule subclass. Give a LightningModule whose `training_step`"
+            " returns `lightning_balance.balanced_loss(self, per_sample_loss)`."
+        )
+    for hook in ("training_step", "validation_step"):
+        if getattr(cls, hook) is getattr(LightningModule, hook):
+            raise ConfigurationError(
+                f"`{argument}` {name} does not define `{hook}`. The runner needs `training_step` to return"
+                " `lightning_balance.balanced_loss(self, per_sample_loss)` and `validation_step` to return"
+                " `{'preds': logits, 'target': labels}`."
+            )
+    return cls
+
+
+def check_datamodule(datamodule: BalancedDataModule, argument: str = "--datamodule") -> None:
+    """Set up ``datamodule`` for fitting and check there is something to balance and to validate on."""
+    name = type(datamodule).__name__
+    try:
+        datamodule.setup("fit")
+    except Exception as err:
+        raise ConfigurationError(f"`{argument}` {name}.setup('fit') failed: {type(err).__name__}: {err}") from err
+    train = datamodule.train_dataset
+    if train is None or len(train) == 0:  # type: ignore[arg-type]
+        raise ConfigurationError(
+            f"`{argument}` {name} has an empty training set (train_dataset={'None' if train is None else 'empty'})."
+            " Assign a non-empty `self.train_dataset` in `setup()`."
+        )
+    counts = datamodule.group_counts
+    nonempty = int((counts > 0).sum())
+    if nonempty < 2:
+        raise ConfigurationError(
+            f"`{argument}` {name} has a single group in its training set (group sizes {counts.tolist()}): there is"
+            " nothing to balance. Check that the groups (the labels) are read correctly, or override"
+            " `train_groups()`."
+        )
+    val = datamodule.val_dataset
+    if val is None or len(val) == 0:  # type: ignore[arg-type]
+        raise ConfigurationError(
+            f"`{argument}` {name} has no validation set. The comparison measures per-class recall on it: assign"
+            " `self.val_dataset` in `setup()` (a balanced one measures every class equally)."
+        )
+
+
+def check_output_dir(path: Union[str, os.PathLike], argument: str = "--out") -> Path:
+    """Create ``path`` (and its parents) and make sure a file can be written in it.
+
+    Raises:
+        ConfigurationError: the directory cannot be created or written.
+
+    Example:
+        >>> import tempfile
+        >>> check_output_dir(Path(tempfile.mkdtemp()) / "runs").is_dir()
+        True
+    """
+    out = Path(path)
+    probe = out / ".write-test"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ConfigurationError(
+            f"Cannot write to `{argument}` {str(out)!r}: {reason}. Choose a writable directory with {argument}."
+        ) from err
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Measurement during training
+# ----------------------------------------------------------------------------------------------------------
+class _ClassLoss(Metric):
+    """Summed validation loss and sample count per class (summed over processes)."""
+
+    full_state_update = False
+    loss_sum: Tensor
+    count: Tensor
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.add_state("loss_sum", default=torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, losses: Tensor, target: Tensor) -> None:
+        self.loss_sum.index_add_(0, target, losses.to(torch.float64))
+        self.count += torch.bincount(target, minlength=self.num_classes)
+
+    def compute(self) -> Tensor:
+        return self.loss_sum / self.count.clamp_min(1).to(torch.float64) + torch.where(self.count > 0, 0.0, math.nan)
+
+
+class _LossCallCounter:
+    """Wraps ``BalancedDataModule.reduce_loss`` on one instance to count how often the model calls it."""
+
+    def __init__(self, reduce_loss: Callable[..., Tensor]) -> None:
+        self.reduce_loss = reduce_loss
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        self.calls += 1
+        return self.reduce_loss(*args, **kwargs)
+
+
+class _Recorder(Callback):
+    """Per-group validation loss and recall at every validation, training samples and the loss-hook check."""
+
+    def __init__(self, settings: CompareSettings, model_name: str, on_step: Optional[Callable[[], None]] = None):
+        self.settings = settings
+        self.model_name = model_name
+        self.on_step = on_step
+        self.curve: list[dict[str, Any]] = []
+        self.samples_seen = 0
+        self._checked = False
+        self._counter: Optional[_LossCallCounter] = None
+        self.recall: Optional[TailRecall] = None
+        self.losses: Optional[_ClassLoss] = None
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]
+        if self.recall is None:
+            counts = datamodule.group_counts
+            s = self.settings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # an empty split is reported as NaN in the table instead
+                self.recall = TailRecall(counts, many=s.many, few=s.few, split=s.split, validate_args=False)  # type: ignore[arg-type]
+            self.losses = _ClassLoss(len(counts))
+        if stage == "fit" and self._counter is None:
+            # An instance attribute shadows the method, so `balanced_loss` reaches the counter.
+            self._counter = _LossCallCounter(datamodule.reduce_loss)
+            datamodule.reduce_loss = self._counter
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._checked:
+            self._checked = True
+            if self._counter is not None and self._counter.calls == 0:
+                raise ConfigurationError(
+                    f"`--model` {self.model_name}: `training_step` did not reduce its loss with"
+                    " `lightning_balance.balanced_loss`, so strategy='upweight' would silently train without its"
+                    " weights. Compute the per-sample loss (reduction='none') and return"
+                    " `balanced_loss(self, per_sample_loss)`."
+                )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.samples_seen += extract_batch_size(batch) * trainer.world_size
+        if self.on_step is not None and trainer.is_global_zero:
+            self.on_step()
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: LightningModule) -> None:
+        for metric in (self.recall, self.losses):
+            metric.to(pl_module.device)  # type: ignore[union-attr]
+            metric.reset()  # type: ignore[union-attr]
+
+    @override
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if trainer.sanity_checking:
+            return
+        logits, target = _logits_and_target(pl_module, outputs, batch)
+        target = target.long().to(pl_module.device)
+        self.recall.update(logits.detach(), target)  # type: ignore[union-attr]
+        if logits.is_floating_point() and logits.ndim == 2:
+            self.losses.update(F.cross_entropy(logits.detach().float(), target, reduction="none"), target)  # type: ignore
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        # Every rank computes: the metrics sum their states over processes here.
+        values = self.recall.compute()  # type: ignore[union-attr]
+        per_class_loss = self.losses.compute()  # type: ignore[union-attr]
+        if not trainer.is_global_zero:
+            return
+        point: dict[str, Any] = {"step": int(trainer.global_step)}
+        for name in (*SPLITS, "macro", "worst"):
+            point[f"recall_{name}"] = float(values[name])
+            point[f"f1_{name}"] = float(values[f"f1_{name}"])
+        for name, classes in self.recall.splits.items():  # type: ignore[union-attr]
+            point[f"loss_{name}"] = _nanmean(per_class_loss[classes.to(per_class_loss.device)])
+        point["loss_all"] = _nanmean(per_class_loss)
+        point["per_class_recall"] = [float(v) for v in values["per_class"]]
+        if self.curve and self.curve[-1]["step"] == point["step"]:
+            self.curve[-1] = point
+        else:
+            self.curve.append(point)
+
+
+def _nanmean(values: Tensor) -> float:
+    finite = values[~torch.isnan(values)]
+    return float(finite.mean()) if finite.numel() else math.nan
+
+
+def _logits_and_target(pl_module: LightningModule, outputs: Any, batch: Any) -> tuple[Tensor, Tensor]:
+    if isinstance(outputs, Mapping) and isinstance(outputs.get("preds"), Tensor):
+        target = outputs["target"] if "target" in outputs else batch[1]
+        return outputs["preds"], target
+    target = batch[1]
+    if isinstance(outputs, Tensor) and outputs.ndim == 2 and outputs.shape[0] == len(target):
+        return outputs, target
+    with torch.no_grad():
+        return pl_module(batch[0]), target
+
+
+class _RunProgress:
+    """One rich progress bar over all the runs of a comparison (rank 0 only)."""
+
+    def __init__(self, total_steps: int, enabled: bool) -> None:
+        self.enabled = enabled and rank_zero_only.rank == 0
+        self.total_steps = total_steps
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _RunProgress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task("compare", total=self.total_steps)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def describe(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=text)
+
+    def advance(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's start-up messages and the warnings a tiny benchmark set triggers, then restore."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for message in (".*does not have many workers.*", ".*smaller than the logging interval.*",
+                            ".*LitLogger.*", ".*sync_dist=True.*", ".*is empty.*", ".*no target.*"):
+                warnings.filterwarnings("ignore", message)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Runs
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    """What one (strategy, seed) run measured; ``curve`` holds one point per validation."""
+
+    name: str
+    label: str
+    strategy: str
+    seed: int
+    steps: int
+    samples_seen: int
+    wall_time_s: float
+    world_size: int
+    final: dict[str, float]
+    steps_to_tail_target: Optional[int]
+    tail_loss_min: float
+    tail_loss_min_step: Optional[int]
+    curve: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_model(datamodule: BalancedDataModule) -> LightningModule:
+    """An :class:`~lightning_balance.models.MLPClassifier` sized from the DataModule's data."""
+    from lightning_balance.models import MLPClassifier
+
+    num_features = getattr(datamodule, "num_features", None)
+    if num_features is None:
+        sample = datamodule.train_dataset[0]  # type: ignore[index]
+        num_features = int(torch.as_tensor(sample[0]).numel())
+    num_classes = getattr(datamodule, "num_classes", None) or datamodule.num_groups
+    return MLPClassifier(num_features=int(num_features), num_classes=int(num_classes))
+
+
+def run_once(
+    spec: RunSpec,
+    seed: int,
+    data: ComponentSpec,
+    model: Optional[ComponentSpec],
+    settings: CompareSettings,
+    on_step: Optional[Callable[[], None]] = None,
+) -> Optional[RunResult]:
+    """Train one strategy with one seed and return its measurements (``None`` on ranks other than 0)."""
+    pl.seed_everything(seed, verbose=False)
+    datamodule = data.build(strategy=spec.strategy, temperature=spec.temperature, seed=seed)
+    if model is None:
+        datamodule.setup("fit")
+        module = default_model(datamodule)
+        model_name = f"{type(module).__module__}.{type(module).__qualname__}"
+    else:
+        module, model_name = model.build(), model.name
+    recorder = _Recorder(settings, model_name, on_step)
+    callbacks: list[Callback] = [recorder]
+    saln = None
+    if spec.saln_keep is not None:
+        from lightning_balance.callbacks.saln import SALN
+
+        saln = SALN(keep=spec.saln_keep, seed=seed)
+        callbacks.append(saln)
+    trainer_kwargs: dict[str, Any] = dict(
+        max_steps=settings.max_steps,
+        val_check_interval=settings.val_every,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=max(1, settings.val_every),
+        deterministic=False,
+    )
+    trainer_kwargs.update(settings.trainer_kwargs)
+    trainer_kwargs["callbacks"] = [*callbacks, *trainer_kwargs.get("callbacks", [])]
+    trainer = pl.Trainer(**trainer_kwargs)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    wall = time.perf_counter() - start
+    if trainer.global_step % settings.val_every:
+        # The last validation came before the end; every rank validates again, as the metrics sync.
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    if not trainer.is_global_zero:
+        return None
+    samples = recorder.samples_seen if saln is None else saln.samples_kept * trainer.world_size
+    return _run_result(spec, seed, recorder.curve, trainer, samples, wall, settings.tail_target)
+
+
+def _run_result(
+    spec: RunSpec, seed: int, curve: list[dict[str, Any]], trainer: pl.Trainer, samples: int, wall: float,
+    tail_target: float,
+) -> RunResult:
+    final = {name: curve[-1][name] for name in METRICS} if curve else {name: math.nan for name in METRICS}
+    reached = next((p["step"] for p in curve if p["recall_tail"] >= tail_target), None)
+    tail_losses = [(p["loss_tail"], p["step"]) for p in curve if not math.isnan(p["loss_tail"])]
+    tail_min, tail_min_step = min(tail_losses) if tail_losses else (math.nan, None)
+    return RunResult(
+        name=spec.name, label=spec.label, strategy=spec.strategy, seed=seed, steps=int(trainer.global_step),
+        samples_seen=int(samples), wall_time_s=wall, world_size=trainer.world_size, final=final,
+        steps_to_tail_target=reached, tail_loss_min=tail_min, tail_loss_min_step=tail_min_step, curve=curve,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Aggregation
+# ----------------------------------------------------------------------------------------------------------
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1) of the finite values; std is 0 for a single value."""
+    finite = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
+    if finite.size == 0:
+        return math.nan, math.nan
+    return float(finite.mean()), float(finite.std(ddof=1)) if finite.size > 1 else 0.0
+
+
+def summarize(runs: Sequence[RunResult], tail_target: float = 0.5) -> list[dict[str, Any]]:
+    """One row per strategy, in first-seen order: mean and std over its seeds of every measurement.
+
+    Columns: ``name``, ``label``, ``seeds``, ``<metric>_mean`` / ``<metric>_std`` for the final recall, F1 and
+    validation loss of every split, ``wall_time_s``, ``steps``, ``samples_seen``, ``steps_to_tail_target``
+    (over the seeds that reached ``tail_target``; ``tail_target_reached`` counts them), ``tail_loss_min_step``
+    and ``tail_loss_rise`` (final minus minimum tail validation loss: how far the tail has overfitted).
+
+    Example:
+        >>> run = RunResult("natural", "T=1", "natural", 0, 10, 320, 1.0, 1, {"recall_tail": 0.5}, 10, 1.0, 10, [])
+        >>> row = summarize([run])[0]
+        >>> row["recall_tail_mean"], row["recall_tail_std"], row["tail_target_reached"]
+        (0.5, 0.0, '1/1')
+    """
+    rows = []
+    for name in dict.fromkeys(run.name for run in runs):
+        group = [run for run in runs if run.name == name]
+        row: dict[str, Any] = {"name": name, "label": group[0].label, "seeds": len(group)}
+        for metric in METRICS:
+            row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std([r.final.get(metric, math.nan) for r in group])
+        for key in ("wall_time_s", "steps", "samples_seen"):
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([float(getattr(r, key)) for r in group])
+        reached = [r.steps_to_tail_target for r in group if r.steps_to_tail_target is not None]
+        row["tail_target"] = tail_target
+        row["steps_to_tail_target_mean"], row["steps_to_tail_target_std"] = _mean_std([float(s) for s in reached])
+        row["tail_target_reached"] = f"{len(reached)}/{len(group)}"
+        steps = [float(r.tail_loss_min_step) for r in group if r.tail_loss_min_step is not None]
+        row["tail_loss_min_step_mean"], row["tail_loss_min_step_std"] = _mean_std(steps)
+        rises = [r.final.get("loss_tail", math.nan) - r.tail_loss_min for r in group]
+        row["tail_loss_rise_mean"], row["tail_loss_rise_std"] = _mean_std(rises)
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class CompareResult:
+    """All runs of a comparison, their per-strategy summary and the settings that produced them."""
+
+    settings: dict[str, Any]
+    runs: list[RunResult]
+    summary: list[dict[str, Any]]
+
+    @property
+    def is_empty(self) -> bool:
+        """True on ranks other than 0, which record nothing."""
+        return not self.runs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"settings": self.settings, "summary": self.summary, "runs": [r.to_dict() for r in self.runs]}
+
+
+def compare(
+    data: ComponentSpec,
+    model: Optional[ComponentSpec] = None,
+    runs: Optional[Sequence[RunSpec]] = None,
+    settings: Optional[CompareSettings] = None,
+    progress: bool = True,
+) -> CompareResult:
+    """Train every run of ``runs`` with every seed of ``settings`` and summarise them.
+
+    Args:
+        data: the DataModule class (a :class:`~lightning_balance.BalancedDataModule` subclass) and its arguments;
+            ``strategy``, ``temperature`` and ``seed`` are set per run.
+        model: the LightningModule class and its arguments; ``None`` sizes an
+            :class:`~lightning_balance.models.MLPClassifier` from the data.
+        runs: the strategies; defaults to :func:`default_runs`.
+        settings: steps, seeds and measurement; defaults to :class:`CompareSettings`.
+        progress: show one rich progress bar over all runs (on rank 0).
+
+    Raises:
+        ConfigurationError: the data or the model do not meet the contract in the module docstring.
+
+    Example:
+        >>> from lightning_balance.datasets import LongTailDigits
+        >>> result = compare(ComponentSpec(LongTailDigits), runs=default_runs(only=["upweight"]),
+        ...                  settings=CompareSettings(seeds=[0], max_steps=8, val_every=4), progress=False)
+        >>> [(p["step"], round(p["recall_macro"], 2) >= 0) for p in result.runs[0].curve]
+        [(4, True), (8, True)]
+        >>> result.summary[0]["samples_seen_mean"]  # 8 steps of 32 samples
+        256.0
+    """
+    settings = settings or CompareSettings()
+    runs = list(runs) if runs is not None else default_runs()
+    if not runs:
+        raise ConfigurationError("Expected at least one run to compare, but got none.")
+    check_datamodule_class(data.cls, data.argument)
+    if model is not None:
+        check_model_class(model.cls, model.argument)
+    with quiet_lightning():
+        probe = data.build(strategy="natural", temperature=1.0, seed=int(settings.seeds[0]))
+        check_datamodule(probe, data.argument)
+        if model is not None:
+            model.build()  # a wrong --model-args fails here, before any training
+        results: list[RunResult] = []
+        total = len(runs) * len(settings.seeds)
+        with _RunProgress(total * settings.max_steps, progress) as bar:
+            for i, (spec, seed) in enumerate((s, seed) for s in runs for seed in settings.seeds):
+                bar.describe(f"{spec.name} ({spec.label}) seed {seed}  [{i + 1}/{total}]")
+                result = run_once(spec, seed, data, model, settings, on_step=bar.advance)
+                if result is not None:
+                    results.append(result)
+    described = {
+        "datamodule": data.name,
+        "datamodule_args": _jsonable(data.kwargs),
+        "model": model.name if model is not None else "lightning_balance.models.MLPClassifier (sized from the data)",
+        "model_args": _jsonable(model.kwargs) if model is not None else {},
+        "runs": [{"name": r.name, "strategy": r.strategy, "temperature": r.label, "saln_keep": r.saln_keep}
+                 for r in runs],
+        "group_counts": [int(c) for c in probe.group_counts],
+        **_jsonable({k: v for k, v in asdict(settings).items()}),
+    }
+    return CompareResult(described, results, summarize(results, settings.tail_target) if results else [])
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with anything JSON cannot hold replaced by its ``repr``."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)

@@ -1,0 +1,362 @@
+"""SALN callback: selection inside the training step, its baselines, the guard, caching, resume and errors."""
+
+import glob
+import math
+import os
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from lightning_balance import BalancedDataModule, LinearRamp
+from lightning_balance.callbacks import SALN
+from lightning_balance.functional import spectral_scores
+from lightning_balance.selection import keep_count, resolve_keep, select_top_k
+from tests.helpers import ToyData, ToyModel, trainer
+
+SIZES = (300, 60, 12, 4)
+
+
+class Record(pl.Callback):
+    """Records every training batch's indices as this callback sees them in `transform_train_batch`."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[int]] = []
+        self.inputs: list[torch.Tensor] = []
+
+    def transform_train_batch(self, trainer, pl_module, batch, indices):
+        self.steps.append(indices.cpu().tolist())
+        self.inputs.append(batch[0].detach().clone())
+        return batch, indices
+
+
+class LossModel(ToyModel):
+    """A toy model with the selection hooks. `per_sample_loss` is the first input feature, so the expected
+    choice of the loss baseline is known without running the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_batches: list[torch.Tensor] = []
+        self.train_targets: list[torch.Tensor] = []
+
+    def per_sample_loss(self, batch):
+        return batch[0][:, 0] * 1.0
+
+    def embed(self, batch):
+        return self.layer(batch[0])
+
+    def training_step(self, batch, batch_idx):
+        self.train_batches.append(batch[0].detach().clone())
+        self.train_targets.append(batch[1].detach().clone())
+        return super().training_step(batch, batch_idx)
+
+
+class Reference(nn.Module):
+    """A reference model whose per-sample loss is the second input feature; counts the samples it scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.seen: list[int] = []
+
+    def per_sample_loss(self, batch):
+        self.calls += len(batch[0])
+        return batch[0][:, 1] * 1.0
+
+
+class CountingExtractor(nn.Module):
+    """A frozen extractor that records how many samples it embedded and the mode it ran in."""
+
+    def __init__(self, out_shape=None) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 3)
+        self.samples = 0
+        self.modes: list[bool] = []
+        self.out_shape = out_shape
+
+    def forward(self, x):
+        self.samples += len(x)
+        self.modes.append(self.training)
+        out = self.proj(x)
+        return out.reshape(len(x), *self.out_shape) if self.out_shape else out
+
+
+def fit(callbacks, model=None, max_steps=12, **dm_kwargs):
+    dm_kwargs = {"batch_size": 16, "samples_per_epoch": 96, **dm_kwargs}
+    dm = ToyData(sizes=SIZES, **dm_kwargs)
+    model = model or LossModel()
+    torch.manual_seed(0)
+    trainer(max_steps=max_steps, callbacks=callbacks).fit(model, dm)
+    return model, dm
+
+
+def dataset_rows(dm, steps):
+    x = dm.train_dataset.tensors[0]
+    return [x[torch.tensor(step)] for step in steps]
+
+
+# ---------------------------------------------------------------------------------------------- selection
+
+
+def test_spectral_keeps_the_top_scores_of_each_batch():
+    before, after = Record(), Record()
+    model, dm = fit([before, SALN(keep=0.25), after])
+    assert len(before.steps) == len(after.steps) == 12
+    for full, kept, x in zip(before.steps, after.steps, before.inputs):
+        assert len(full) == 16 and len(kept) == keep_count(0.25, 16) == 4
+        want = select_top_k(spectral_scores(x), 4)  # generic inputs: no ties
+        assert kept == [full[i] for i in want.tolist()]
+    # The training step receives exactly the kept samples, with their own targets.
+    for rows, got, targets, kept in zip(dataset_rows(dm, after.steps), model.train_batches, model.train_targets,
+                                        after.steps):
+        torch.testing.assert_close(got, rows)
+        torch.testing.assert_close(targets, dm.train_dataset.tensors[1][torch.tensor(kept)])
+
+
+def test_loss_baseline_keeps_the_highest_learner_losses():
+    before, after = Record(), Record()
+    fit([before, SALN(keep=0.5, method="loss"), after])
+    for full, kept, x in zip(before.steps, after.steps, before.inputs):
+        top = torch.topk(x[:, 0], 8).indices.sort().values
+        assert kept == [full[i] for i in top.tolist()]
+
+
+def test_learnability_subtracts_the_cached_reference_loss():
+    before, after, reference = Record(), Record(), Reference()
+    fit([before, SALN(keep=0.5, method="learnability", reference=reference), after], max_steps=30)
+    for full, kept, x in zip(before.steps, after.steps, before.inputs):
+        top = torch.topk(x[:, 0] - x[:, 1], 8).indices.sort().values
+        assert kept == [full[i] for i in top.tolist()]
+    # The reference scores each dataset index once: later batches read the cache.
+    distinct = len({i for step in before.steps for i in step})
+    assert reference.calls == distinct < sum(len(s) for s in before.steps)
+
+
+def test_random_baseline_is_a_seeded_uniform_subset():
+    runs = []
+    for seed in (0, 0, 1):
+        before, after = Record(), Record()
+        fit([before, SALN(keep=0.5, method="random", seed=seed), after])
+        assert all(len(k) == 8 and set(k) <= set(f) for f, k in zip(before.steps, after.steps))
+        runs.append(after.steps)
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+    # Every position of the batch is kept about half the time (not, say, always the first half).
+    positions = torch.zeros(16)
+    for step in range(600):
+        gen = torch.Generator().manual_seed(step)
+        positions[select_top_k(torch.rand(16, generator=gen), 8)] += 1
+    assert 0.4 < positions.min() / 600 and positions.max() / 600 < 0.6
+
+
+def test_embed_and_feature_fn_sources():
+    for features in ("embed", lambda module, batch: batch[0][:, :2] * 2.0):
+        before, after = Record(), Record()
+        model, _ = fit([before, SALN(keep=0.5, features=features), after], max_steps=3)
+        for full, kept, x in zip(before.steps, after.steps, before.inputs):
+            if features == "embed":
+                continue  # the weights moved between steps; the size and membership are what can be checked
+            want = select_top_k(spectral_scores(x[:, :2]), 8)
+            assert kept == [full[i] for i in want.tolist()]
+        assert all(len(k) == 8 for k in after.steps)
+
+
+def test_frozen_extractor_runs_once_per_index_in_eval_mode():
+    extractor = CountingExtractor()
+    extractor.train()
+    before, after = Record(), Record()
+    fit([before, SALN(keep=0.5, features=extractor), after], max_steps=30)
+    distinct = len({i for step in before.steps for i in step})
+    assert extractor.samples == distinct < 30 * 16
+    assert not any(extractor.modes) and extractor.training  # ran in eval mode; its own mode is restored
+    # The cached features are the extractor's features: selections match scoring them directly.
+    with torch.no_grad():
+        for full, kept, x in zip(before.steps, after.steps, before.inputs):
+            want = select_top_k(spectral_scores(extractor.proj(x)), 8)
+            assert kept == [full[i] for i in want.tolist()]
+
+
+def test_protected_groups_are_always_kept():
+    dm = ToyData(sizes=SIZES)
+    dm.setup("fit")
+    rare = set(torch.nonzero(dm.group_counts[dm.train_group_ids] < 20).flatten().tolist())
+    before, after = Record(), Record()
+    fit([before, SALN(keep=0.25, protect_groups_below=20), after], strategy="upsample", temperature=5.0)
+    hits = 0
+    for full, kept in zip(before.steps, after.steps):
+        assert len(kept) == 4
+        protected = [i for i in full if i in rare]
+        hits += len(protected)
+        if len(protected) <= 4:
+            assert set(protected) <= set(kept)
+        else:
+            assert set(kept) <= set(protected)
+    assert hits > 0
+
+
+def test_labels_score_uses_the_group_ids():
+    before, after = Record(), Record()
+    _, dm = fit([before, SALN(keep=0.5, score="labels"), after], max_steps=4)
+    for full, kept, x in zip(before.steps, after.steps, before.inputs):
+        labels = dm.train_group_ids[torch.tensor(full)]
+        want = select_top_k(spectral_scores(x, score="labels", labels=labels), 8)
+        assert kept == [full[i] for i in want.tolist()]
+
+
+def test_keep_schedule_shrinks_the_batch_with_progress():
+    schedule = LinearRamp(start=1.0, end=0.25)
+    after = Record()
+    fit([SALN(keep=schedule), after], max_steps=10)
+    sizes = [len(s) for s in after.steps]
+    assert sizes == [keep_count(resolve_keep(schedule, step / 10), 16) for step in range(10)]
+    assert sizes[0] == 16 and sizes[-1] < 8
+
+
+def test_degenerate_inputs_do_not_break_training():
+    class Zeros(BalancedDataModule):
+        def setup(self, stage=None):
+            x = torch.zeros(64, 4)
+            x[::2] = 1.0  # half all-zero rows, half duplicates
+            self.train_dataset = TensorDataset(x, torch.arange(64) % 2)
+
+    saln = SALN(keep=0.5)
+    model = LossModel()
+    trainer(max_steps=4, callbacks=[saln]).fit(model, Zeros(batch_size=16))
+    assert [len(b) for b in model.train_batches] == [8] * 4
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_dict_batches_and_input_key():
+    class DictData(Dataset):
+        def __init__(self):
+            self.x, self.y = torch.randn(64, 4), torch.arange(64) % 4
+            self.targets = self.y
+
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            return {"image": self.x[i], "label": self.y[i], "meta": "text"}
+
+    class DictModule(BalancedDataModule):
+        def setup(self, stage=None):
+            self.train_dataset = DictData()
+
+    class DictModel(ToyModel):
+        def training_step(self, batch, batch_idx):
+            assert batch["image"].shape == (4, 4) and batch["label"].shape == (4,)
+            return nn.functional.cross_entropy(self(batch["image"]), batch["label"])
+
+    trainer(max_steps=2, callbacks=[SALN(keep=0.5, inputs="image")]).fit(DictModel(), DictModule(batch_size=8))
+    with pytest.raises(ValueError, match="`inputs=0`.*dict"):
+        trainer(max_steps=2, callbacks=[SALN(keep=0.5)]).fit(DictModel(), DictModule(batch_size=8))
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+
+def _resumable_run(tmp_path, saln, ckpt_path=None, save_every=None, max_steps=20):
+    before, after = Record(), Record()
+    callbacks = [before, saln, after]
+    if save_every:
+        callbacks.append(ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=save_every, save_top_k=-1))
+    dm = ToyData(sizes=SIZES, batch_size=16, samples_per_epoch=96, seed=3)
+    torch.manual_seed(0)
+    trainer(max_steps=max_steps, callbacks=callbacks, enable_checkpointing=bool(save_every)).fit(
+        LossModel(), dm, ckpt_path=ckpt_path
+    )
+    return before, after
+
+
+@pytest.mark.parametrize("method", ["random", "spectral"])
+def test_resume_continues_the_selection(tmp_path, method):
+    def make():
+        extractor = CountingExtractor()
+        torch.manual_seed(1)
+        extractor.proj.reset_parameters()
+        return SALN(keep=LinearRamp(1.0, 0.25), method=method, features=extractor, seed=5), extractor
+
+    saln, _ = make()
+    full_before, full = _resumable_run(tmp_path, saln, save_every=9)
+    checkpoint = glob.glob(os.path.join(tmp_path, "*step=9.ckpt"))[0]
+    resumed_saln, extractor = make()
+    resumed_before, resumed = _resumable_run(tmp_path / "resumed", resumed_saln, ckpt_path=checkpoint)
+    assert resumed_before.steps == full_before.steps[9:]
+    assert resumed.steps == full.steps[9:]
+    assert resumed_saln.samples_seen == saln.samples_seen and resumed_saln.samples_kept == saln.samples_kept
+    if method == "spectral":
+        # Indices scored before the checkpoint come from the restored cache; only new ones are embedded. (The
+        # schedule keeps everything at the first step, which is therefore not scored.)
+        scored_before = {i for step in full_before.steps[1:9] for i in step}
+        new = {i for step in resumed_before.steps for i in step} - scored_before
+        assert 0 < extractor.samples == len(new)
+
+
+def test_state_key_holds_the_configuration():
+    a = SALN(keep=0.5)
+    assert a.state_key == SALN(keep=0.5).state_key
+    assert a.state_key != SALN(keep=0.25).state_key != SALN(keep=0.25, method="random").state_key
+    assert "LinearRamp(start=1.0, end=0.5" in SALN(keep=LinearRamp(1.0, 0.5)).state_key
+    assert "0x" not in SALN(keep=lambda p: 0.5, features=lambda m, b: b[0]).state_key
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("keep", [0, 0.0, -0.1, 1.5, float("nan"), True, "half"])
+def test_keep_outside_unit_interval(keep):
+    with pytest.raises(ValueError, match=r"`keep`.*\(0, 1\].*" + ("nan" if keep != keep else "")):
+        SALN(keep=keep)
+
+
+def test_bad_keep_schedule_fails_at_construction():
+    with pytest.raises(ValueError, match="keep schedule .* returned 0.0 at progress 1.0"):
+        SALN(keep=lambda p: 1.0 - p)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"method": "jest"}, "`method`.*'jest'"),
+    ({"features": "pixels"}, "`features`.*'pixels'"),
+    ({"inputs": 1.5}, "`inputs`.*1.5"),
+    ({"score": "fiedler"}, "`score`.*'fiedler'"),
+    ({"protect_groups_below": 0}, "`protect_groups_below`.*0"),
+    ({"method": "learnability"}, "`reference` is None"),
+    ({"method": "learnability", "reference": nn.Linear(2, 2)}, "`reference`.*per_sample_loss.*Linear"),
+])
+def test_invalid_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SALN(**kwargs)
+
+
+def test_needs_a_balanced_datamodule():
+    loader = DataLoader(TensorDataset(torch.randn(32, 4), torch.arange(32) % 4), batch_size=8)
+    with pytest.raises(MisconfigurationException, match="BalancedDataModule.*datamodule=dm"):
+        trainer(max_steps=1, callbacks=[SALN()]).fit(ToyModel(), train_dataloaders=loader)
+
+
+@pytest.mark.parametrize(("kwargs", "hook"), [({"method": "loss"}, "per_sample_loss"), ({"features": "embed"}, "embed")])
+def test_missing_module_hook(kwargs, hook):
+    with pytest.raises(MisconfigurationException, match=f"ToyModel.{hook}"):
+        trainer(max_steps=1, callbacks=[SALN(**kwargs)]).fit(ToyModel(), ToyData(batch_size=8))
+
+
+def test_extractor_output_must_be_b_by_d():
+    with pytest.raises(ValueError, match=r"`features` \(CountingExtractor\).*\[16, D\].*\(16, 3, 1\)"):
+        fit([SALN(features=CountingExtractor(out_shape=(3, 1)))], max_steps=1)
+
+
+def test_schedule_needs_a_training_length():
+    with pytest.raises(MisconfigurationException, match="max_steps"):
+        trainer(max_epochs=-1, max_steps=-1, max_time={"seconds": 5}, callbacks=[SALN(keep=LinearRamp(1.0, 0.5))]).fit(
+            LossModel(), ToyData(batch_size=8)
+        )
+
+
+def test_keep_count_is_exact_and_rank_independent():
+    for b in range(1, 65):
+        for keep in (0.1, 0.25, 1 / 3, 0.5, 0.9, 1.0):
+            k = keep_count(keep, b)
+            assert 1 <= k <= b and k == max(1, math.ceil(round(keep * b, 9)))

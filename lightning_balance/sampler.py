@@ -26,6 +26,7 @@ replicas, and memory stays at a few integers per example (no float weight per ex
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional, Union
 
@@ -199,7 +200,8 @@ class TemperatureSampler(DistributedSampler):
         self.epoch = 0
         self._resume: Optional[tuple[int, int]] = None  # (epoch, global samples already consumed)
         self._start = 0
-        self._yielded = 0
+        self._done = 0
+        self._live: Optional[tuple[int, Iterator[int]]] = None
         self._epoch_counts_cache: dict[int, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ public API
@@ -231,12 +233,25 @@ class TemperatureSampler(DistributedSampler):
             if resume_epoch == self.epoch:
                 start = consumed
         local = self._rank_slice(plan, start)
-        self._yielded = 0
+        del plan
         self._start = start
+        self._done = 0
         for chunk in local.split(_YIELD_CHUNK):
-            for index in chunk.tolist():
-                self._yielded += 1
-                yield index
+            items = chunk.tolist()
+            self._live = (len(items), iter(items))
+            # `yield from` a list iterator hands out the indices at C speed; the position inside the chunk is
+            # read back from the iterator's length hint when a state dict is asked for.
+            yield from self._live[1]
+            self._done += len(items)
+        self._live = None
+
+    @property
+    def _yielded(self) -> int:
+        """Indices this rank's current iterator has handed out."""
+        if self._live is None:
+            return self._done
+        size, iterator = self._live
+        return self._done + size - operator.length_hint(iterator)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain-value state for a checkpoint.
@@ -277,21 +292,24 @@ class TemperatureSampler(DistributedSampler):
         counts = self._segment_counts(epoch, segments)
         cursor = sum((self._epoch_group_counts(e) for e in range(epoch)), torch.zeros_like(self.index.counts))
         streams = [self._group_stream(g, int(cursor[g]), int(counts[:, g].sum())) for g in range(self.num_groups)]
+        # Lay every segment out group by group, then shuffle it in place; the streams are freed before the
+        # shuffle so that at most three int buffers of the epoch's size are alive at once.
         plan = torch.empty(self.num_samples, dtype=self.index.order.dtype)
         taken = [0] * self.num_groups
+        position = 0
+        for s in range(len(segments)):
+            for g in torch.nonzero(counts[s]).flatten().tolist():
+                c = int(counts[s, g])
+                plan[position : position + c] = streams[g][taken[g] : taken[g] + c]
+                taken[g] += c
+                position += c
+        del streams
         start = 0
         for s, (length, _) in enumerate(segments):
-            pieces = []
-            for g in range(self.num_groups):
-                c = int(counts[s, g])
-                if c:
-                    pieces.append(streams[g][taken[g] : taken[g] + c])
-                    taken[g] += c
-            segment = torch.cat(pieces)
-            shuffle = torch.randperm(length, generator=_torch_generator(self.seed, epoch, s, _SHUFFLE),
-                                     dtype=_index_dtype(length))
+            generator = _torch_generator(self.seed, epoch, s, _SHUFFLE)
+            shuffle = torch.randperm(length, generator=generator, dtype=_index_dtype(length))
             # index_select is several times faster than advanced indexing for int32 indices.
-            torch.index_select(segment, 0, shuffle, out=plan[start : start + length])
+            plan[start : start + length] = torch.index_select(plan[start : start + length], 0, shuffle)
             start += length
         return plan
 

@@ -35,10 +35,10 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import lightning.pytorch as pl
 import numpy as np
@@ -66,6 +66,7 @@ __all__ = [
     "check_output_dir",
     "compare",
     "default_runs",
+    "global_rank",
     "import_object",
     "run_once",
     "summarize",
@@ -87,6 +88,11 @@ class ConfigurationError(ValueError):
     """A setting the comparison cannot run with; the message names the argument, the value and the fix."""
 
 
+def global_rank() -> int:
+    """This process's global rank: Lightning reads it from the environment a DDP launch sets, else 0."""
+    return int(getattr(rank_zero_only, "rank", 0))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # What to run
 # ----------------------------------------------------------------------------------------------------------
@@ -99,12 +105,15 @@ class RunSpec:
         strategy: the :class:`~lightning_balance.BalancedDataModule` strategy.
         temperature: fixed temperature or schedule.
         saln_keep: when set, train with :class:`~lightning_balance.callbacks.SALN` keeping this fraction.
+        saln_method: the SALN ``method``: ``"spectral"`` (SALN itself) or a baseline at the same kept fraction
+            (``"random"``, ``"loss"``).
     """
 
     name: str
     strategy: str
     temperature: TemperatureLike = 1.0
     saln_keep: Optional[float] = None
+    saln_method: str = "spectral"
 
     @property
     def label(self) -> str:
@@ -115,7 +124,10 @@ class RunSpec:
         if callable(t):
             return repr(t)
         label = f"T={_num(float(t))}" if self.strategy != "natural" else "T=1"
-        return label + (f", SALN keep {self.saln_keep:g}" if self.saln_keep is not None else "")
+        if self.saln_keep is None:
+            return label
+        method = "SALN" if self.saln_method == "spectral" else f"{self.saln_method} selection"
+        return label + f", {method} keep {self.saln_keep:g}"
 
 
 def _num(value: float) -> str:
@@ -127,6 +139,7 @@ def default_runs(
     cooldown_at: float = 0.5,
     *,
     saln_keep: Optional[float] = None,
+    saln_method: str = "spectral",
     only: Optional[Sequence[str]] = None,
 ) -> list[RunSpec]:
     """The paper's comparison: natural, upsample (T), upweight (T), Cooldown (T → 1), optionally SALN.
@@ -135,6 +148,7 @@ def default_runs(
         temperature: ``T`` of upsampling, upweighting and the start of Cooldown.
         cooldown_at: fraction of training after which Cooldown samples at ``T = 1``.
         saln_keep: add a natural-sampling run with SALN keeping this fraction of every batch.
+        saln_method: the selection ``method`` of that run (``"spectral"`` is SALN).
         only: names of the runs to keep (from ``natural, upsample, upweight, cooldown, saln``).
 
     Example:
@@ -148,7 +162,12 @@ def default_runs(
         RunSpec("cooldown", "upsample", Cooldown(temperature, 1.0, cooldown_at)),
     ]
     if saln_keep is not None:
-        runs.append(RunSpec("saln", "natural", 1.0, saln_keep=saln_keep))
+        if isinstance(saln_keep, bool) or not isinstance(saln_keep, (int, float)) or not 0.0 < saln_keep <= 1.0:
+            raise ConfigurationError(
+                f"Expected `saln_keep` to be the fraction of each batch SALN trains on, in (0, 1], but got"
+                f" {saln_keep!r}. Try --saln-keep 0.5."
+            )
+        runs.append(RunSpec("saln", "natural", 1.0, saln_keep=saln_keep, saln_method=saln_method))
     if only is not None:
         unknown = [name for name in only if name not in RUN_NAMES]
         if unknown or not only:
@@ -261,7 +280,8 @@ def import_object(path: str, argument: str = "--datamodule") -> Any:
         >>> import_object("lightning_balance.datasets.Nope", "--datamodule")
         Traceback (most recent call last):
         ...
-        lightning_balance.compare.ConfigurationError: Cannot import `--datamodule` 'lightning_balance.datasets.Nope': module 'lightning_balance.datasets' has no attribute 'Nope'. ...
+        lightning_balance.compare.ConfigurationError: Cannot import `--datamodule` 'lightning_balance.datasets.Nope':
+        module 'lightning_balance.datasets' has no attribute 'Nope'. ...
     """
     fix = (
         " Give the import path of a class, `package.module.ClassName` or `path/to/file.py:ClassName`, importable"
@@ -298,12 +318,14 @@ def check_datamodule_class(cls: Any, argument: str = "--datamodule") -> type:
         >>> check_datamodule_class(dict)
         Traceback (most recent call last):
         ...
-        lightning_balance.compare.ConfigurationError: `--datamodule` builtins.dict is not a subclass of lightning_balance.BalancedDataModule. ...
+        lightning_balance.compare.ConfigurationError: `--datamodule` builtins.dict is not a subclass of
+        lightning_balance.BalancedDataModule. ...
     """
     if isinstance(cls, type) and issubclass(cls, BalancedDataModule):
         return cls
     name = f"{cls.__module__}.{cls.__qualname__}" if isinstance(cls, type) else repr(cls)
-    found = " (it is a plain LightningDataModule)" if isinstance(cls, type) and issubclass(cls, LightningDataModule) else ""
+    plain = isinstance(cls, type) and issubclass(cls, LightningDataModule)
+    found = " (it is a plain LightningDataModule)" if plain else ""
     raise ConfigurationError(
         f"`{argument}` {name} is not a subclass of lightning_balance.BalancedDataModule{found}. The runner switches"
         " strategies through BalancedDataModule(strategy=..., temperature=...): subclass it and assign"
@@ -533,19 +555,28 @@ class _RunProgress:
     """One rich progress bar over all the runs of a comparison (rank 0 only)."""
 
     def __init__(self, total_steps: int, enabled: bool) -> None:
-        self.enabled = enabled and rank_zero_only.rank == 0
+        self.enabled = enabled and global_rank() == 0
         self.total_steps = total_steps
         self._progress: Any = None
         self._task: Any = None
 
     def __enter__(self) -> _RunProgress:
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-            from rich.progress import TimeRemainingColumn
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
+            console = Console()
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                console=console if console.is_terminal else Console(width=160),
             )
             self._progress.__enter__()
             self._task = self._progress.add_task("compare", total=self.total_steps)
@@ -574,11 +605,12 @@ def quiet_lightning() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             for message in (".*does not have many workers.*", ".*smaller than the logging interval.*",
-                            ".*LitLogger.*", ".*sync_dist=True.*", ".*is empty.*", ".*no target.*"):
+                            ".*LitLogger.*", ".*sync_dist=True.*", ".*is empty.*", ".*no target.*",
+                            ".*LeafSpec.*"):
                 warnings.filterwarnings("ignore", message)
             yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
 
@@ -642,7 +674,7 @@ def run_once(
     if spec.saln_keep is not None:
         from lightning_balance.callbacks.saln import SALN
 
-        saln = SALN(keep=spec.saln_keep, seed=seed)
+        saln = SALN(keep=spec.saln_keep, method=spec.saln_method, seed=seed)  # type: ignore[arg-type]
         callbacks.append(saln)
     trainer_kwargs: dict[str, Any] = dict(
         max_steps=settings.max_steps,
@@ -690,18 +722,19 @@ def _run_result(
 # Aggregation
 # ----------------------------------------------------------------------------------------------------------
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1) of the finite values; std is 0 for a single value."""
+    """Mean and sample standard deviation (ddof=1) of the finite values; the std of a single value is NaN."""
     finite = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
     if finite.size == 0:
         return math.nan, math.nan
-    return float(finite.mean()), float(finite.std(ddof=1)) if finite.size > 1 else 0.0
+    return float(finite.mean()), float(finite.std(ddof=1)) if finite.size > 1 else math.nan
 
 
 def summarize(runs: Sequence[RunResult], tail_target: float = 0.5) -> list[dict[str, Any]]:
     """One row per strategy, in first-seen order: mean and std over its seeds of every measurement.
 
     Columns: ``name``, ``label``, ``seeds``, ``<metric>_mean`` / ``<metric>_std`` for the final recall, F1 and
-    validation loss of every split, ``wall_time_s``, ``steps``, ``samples_seen``, ``steps_to_tail_target``
+    validation loss of every split (the std is the sample std over seeds, NaN for a single seed),
+    ``wall_time_s``, ``steps``, ``samples_seen``, ``steps_to_tail_target``
     (over the seeds that reached ``tail_target``; ``tail_target_reached`` counts them), ``tail_loss_min_step``
     and ``tail_loss_rise`` (final minus minimum tail validation loss: how far the tail has overfitted).
 
@@ -709,7 +742,7 @@ def summarize(runs: Sequence[RunResult], tail_target: float = 0.5) -> list[dict[
         >>> run = RunResult("natural", "T=1", "natural", 0, 10, 320, 1.0, 1, {"recall_tail": 0.5}, 10, 1.0, 10, [])
         >>> row = summarize([run])[0]
         >>> row["recall_tail_mean"], row["recall_tail_std"], row["tail_target_reached"]
-        (0.5, 0.0, '1/1')
+        (0.5, nan, '1/1')
     """
     rows = []
     for name in dict.fromkeys(run.name for run in runs):
@@ -803,8 +836,8 @@ def compare(
         "datamodule_args": _jsonable(data.kwargs),
         "model": model.name if model is not None else "lightning_balance.models.MLPClassifier (sized from the data)",
         "model_args": _jsonable(model.kwargs) if model is not None else {},
-        "runs": [{"name": r.name, "strategy": r.strategy, "temperature": r.label, "saln_keep": r.saln_keep}
-                 for r in runs],
+        "runs": [{"name": r.name, "strategy": r.strategy, "temperature": r.label, "saln_keep": r.saln_keep,
+                  "saln_method": r.saln_method if r.saln_keep is not None else None} for r in runs],
         "group_counts": [int(c) for c in probe.group_counts],
         **_jsonable({k: v for k, v in asdict(settings).items()}),
     }

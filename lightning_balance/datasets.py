@@ -18,7 +18,7 @@ from torch.utils.data import TensorDataset
 
 from lightning_balance.datamodule import BalancedDataModule
 
-__all__ = ["long_tail_counts", "long_tail_subset", "LongTailDigits"]
+__all__ = ["long_tail_counts", "long_tail_subset", "independent_groups", "LongTailDigits"]
 
 
 def long_tail_counts(n_max: int, num_classes: int, imbalance_factor: float) -> list[int]:
@@ -50,6 +50,31 @@ def long_tail_subset(labels: np.ndarray, counts: list[int], seed: int = 0) -> np
             raise ValueError(f"Class {c} has {len(members)} examples, fewer than the {n} requested.")
         chosen.append(rng.choice(members, size=n, replace=False))
     return np.sort(np.concatenate(chosen))
+
+
+def independent_groups(
+    group_sizes: list[int], num_features: int = 8, num_classes: int = 3, seed: int = 0
+) -> TensorDataset:
+    """Synthetic ``(x, y, group)`` data whose group is independent of the features and the label.
+
+    Every group holds samples of one and the same distribution (``x`` standard normal, ``y`` uniform and
+    independent of ``x``), so every group has the same per-sample gradient moments: the setting in which
+    Theorem 2 of Li et al. (2025) predicts that upweighting has exactly :math:`F(T)` times the gradient
+    variance of upsampling.
+
+    Example:
+        >>> data = independent_groups([50, 5], num_features=4)
+        >>> x, y, group = data.tensors
+        >>> x.shape, torch.bincount(group).tolist()
+        (torch.Size([55, 4]), [50, 5])
+    """
+    if not group_sizes or any(int(n) < 1 for n in group_sizes):
+        raise ValueError(f"Expected argument `group_sizes` to be positive group sizes, but got {group_sizes!r}.")
+    generator = torch.Generator().manual_seed(seed)
+    groups = torch.repeat_interleave(torch.arange(len(group_sizes)), torch.tensor([int(n) for n in group_sizes]))
+    x = torch.randn(len(groups), num_features, generator=generator)
+    y = torch.randint(0, num_classes, (len(groups),), generator=generator)
+    return TensorDataset(x, y, groups)
 
 
 class LongTailDigits(BalancedDataModule):

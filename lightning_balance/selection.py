@@ -15,7 +15,8 @@ which ones given a score, and the scores of the baselines it is compared with.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Union
+from collections.abc import Callable
+from typing import Optional, Union
 
 import torch
 
@@ -45,7 +46,7 @@ def resolve_keep(keep: KeepLike, progress: float) -> float:
         >>> resolve_keep(lambda p: 2.0, 0.1)
         Traceback (most recent call last):
         ...
-        ValueError: The keep schedule <lambda> returned 2.0 at progress 0.1; a keep schedule must return a fraction in (0, 1].
+        ValueError: The keep schedule <lambda> returned 2.0 at progress 0.1; a keep schedule must return ...
     """
     if not callable(keep):
         return _validate_fraction(keep)
@@ -62,7 +63,7 @@ def resolve_keep(keep: KeepLike, progress: float) -> float:
 
 
 def keep_count(keep: float, batch_size: int) -> int:
-    """Samples kept out of ``batch_size``: :math:`\\lceil keep \\cdot B \\rceil`, at least 1 when ``B > 0``.
+    r"""Samples kept out of ``batch_size``: :math:`\lceil keep \cdot B \rceil`, at least 1 when ``B > 0``.
 
     It depends only on its two arguments, so ranks with the same batch size keep the same number of samples
     and no rank waits for another at the gradient all-reduce.

@@ -106,13 +106,13 @@ def test_spectral_keeps_the_top_scores_of_each_batch():
     before, after = Record(), Record()
     model, dm = fit([before, SALN(keep=0.25), after])
     assert len(before.steps) == len(after.steps) == 12
-    for full, kept, x in zip(before.steps, after.steps, before.inputs):
+    for full, kept, x in zip(before.steps, after.steps, before.inputs, strict=True):
         assert len(full) == 16 and len(kept) == keep_count(0.25, 16) == 4
         want = select_top_k(spectral_scores(x), 4)  # generic inputs: no ties
         assert kept == [full[i] for i in want.tolist()]
     # The training step receives exactly the kept samples, with their own targets.
     for rows, got, targets, kept in zip(dataset_rows(dm, after.steps), model.train_batches, model.train_targets,
-                                        after.steps):
+                                        after.steps, strict=True):
         torch.testing.assert_close(got, rows)
         torch.testing.assert_close(targets, dm.train_dataset.tensors[1][torch.tensor(kept)])
 
@@ -120,7 +120,7 @@ def test_spectral_keeps_the_top_scores_of_each_batch():
 def test_loss_baseline_keeps_the_highest_learner_losses():
     before, after = Record(), Record()
     fit([before, SALN(keep=0.5, method="loss"), after])
-    for full, kept, x in zip(before.steps, after.steps, before.inputs):
+    for full, kept, x in zip(before.steps, after.steps, before.inputs, strict=True):
         top = torch.topk(x[:, 0], 8).indices.sort().values
         assert kept == [full[i] for i in top.tolist()]
 
@@ -128,7 +128,7 @@ def test_loss_baseline_keeps_the_highest_learner_losses():
 def test_learnability_subtracts_the_cached_reference_loss():
     before, after, reference = Record(), Record(), Reference()
     fit([before, SALN(keep=0.5, method="learnability", reference=reference), after], max_steps=30)
-    for full, kept, x in zip(before.steps, after.steps, before.inputs):
+    for full, kept, x in zip(before.steps, after.steps, before.inputs, strict=True):
         top = torch.topk(x[:, 0] - x[:, 1], 8).indices.sort().values
         assert kept == [full[i] for i in top.tolist()]
     # The reference scores each dataset index once: later batches read the cache.
@@ -141,7 +141,7 @@ def test_random_baseline_is_a_seeded_uniform_subset():
     for seed in (0, 0, 1):
         before, after = Record(), Record()
         fit([before, SALN(keep=0.5, method="random", seed=seed), after])
-        assert all(len(k) == 8 and set(k) <= set(f) for f, k in zip(before.steps, after.steps))
+        assert all(len(k) == 8 and set(k) <= set(f) for f, k in zip(before.steps, after.steps, strict=True))
         runs.append(after.steps)
     assert runs[0] == runs[1] and runs[0] != runs[2]
     # Every position of the batch is kept about half the time (not, say, always the first half).
@@ -156,7 +156,7 @@ def test_embed_and_feature_fn_sources():
     for features in ("embed", lambda module, batch: batch[0][:, :2] * 2.0):
         before, after = Record(), Record()
         model, _ = fit([before, SALN(keep=0.5, features=features), after], max_steps=3)
-        for full, kept, x in zip(before.steps, after.steps, before.inputs):
+        for full, kept, x in zip(before.steps, after.steps, before.inputs, strict=True):
             if features == "embed":
                 continue  # the weights moved between steps; the size and membership are what can be checked
             want = select_top_k(spectral_scores(x[:, :2]), 8)
@@ -174,7 +174,7 @@ def test_frozen_extractor_runs_once_per_index_in_eval_mode():
     assert not any(extractor.modes) and extractor.training  # ran in eval mode; its own mode is restored
     # The cached features are the extractor's features: selections match scoring them directly.
     with torch.no_grad():
-        for full, kept, x in zip(before.steps, after.steps, before.inputs):
+        for full, kept, x in zip(before.steps, after.steps, before.inputs, strict=True):
             want = select_top_k(spectral_scores(extractor.proj(x)), 8)
             assert kept == [full[i] for i in want.tolist()]
 
@@ -186,7 +186,7 @@ def test_protected_groups_are_always_kept():
     before, after = Record(), Record()
     fit([before, SALN(keep=0.25, protect_groups_below=20), after], strategy="upsample", temperature=5.0)
     hits = 0
-    for full, kept in zip(before.steps, after.steps):
+    for full, kept in zip(before.steps, after.steps, strict=True):
         assert len(kept) == 4
         protected = [i for i in full if i in rare]
         hits += len(protected)
@@ -200,7 +200,7 @@ def test_protected_groups_are_always_kept():
 def test_labels_score_uses_the_group_ids():
     before, after = Record(), Record()
     _, dm = fit([before, SALN(keep=0.5, score="labels"), after], max_steps=4)
-    for full, kept, x in zip(before.steps, after.steps, before.inputs):
+    for full, kept, x in zip(before.steps, after.steps, before.inputs, strict=True):
         labels = dm.train_group_ids[torch.tensor(full)]
         want = select_top_k(spectral_scores(x, score="labels", labels=labels), 8)
         assert kept == [full[i] for i in want.tolist()]
@@ -337,7 +337,10 @@ def test_needs_a_balanced_datamodule():
         trainer(max_steps=1, callbacks=[SALN()]).fit(ToyModel(), train_dataloaders=loader)
 
 
-@pytest.mark.parametrize(("kwargs", "hook"), [({"method": "loss"}, "per_sample_loss"), ({"features": "embed"}, "embed")])
+@pytest.mark.parametrize(("kwargs", "hook"), [
+    ({"method": "loss"}, "per_sample_loss"),
+    ({"features": "embed"}, "embed"),
+])
 def test_missing_module_hook(kwargs, hook):
     with pytest.raises(MisconfigurationException, match=f"ToyModel.{hook}"):
         trainer(max_steps=1, callbacks=[SALN(**kwargs)]).fit(ToyModel(), ToyData(batch_size=8))

@@ -33,11 +33,11 @@ def test_ranks_keep_the_same_number_per_step(tmp_path, features):
     # 240 samples per epoch over 2 ranks of 12: 10 steps per epoch, 2 epochs.
     assert len(steps[0]) == len(steps[1]) == 20
     schedule = LinearRamp(start=1.0, end=0.3)
-    for step, (a, b) in enumerate(zip(*steps)):
+    for step, (a, b) in enumerate(zip(*steps, strict=True)):
         assert a["global_step"] == b["global_step"] == step
         want = keep_count(resolve_keep(schedule, step / 20), 12)
         assert a["size"] == b["size"] == want
     # The schedule did shrink the batches, and the ranks trained on different samples.
     assert steps[0][-1]["size"] == 5 < steps[0][0]["size"] == 12
-    assert any(a["x"] != b["x"] for a, b in zip(*steps))
+    assert any(a["x"] != b["x"] for a, b in zip(*steps, strict=True))
     assert ranks[0]["kept"] == ranks[1]["kept"] == sum(s["size"] for s in steps[0])

@@ -91,12 +91,15 @@ def test_hand_computed_path_graph():
     x = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
     r = 1 / math.sqrt(2)
     for laplacian in LAPLACIANS:
-        torch.testing.assert_close(spectral_scores(x, laplacian=laplacian), torch.tensor([r, 0.0, r], dtype=x.dtype))
+        torch.testing.assert_close(
+            spectral_scores(x, laplacian=laplacian, score="magnitude"), torch.tensor([r, 0.0, r], dtype=x.dtype)
+        )
         torch.testing.assert_close(
             spectral_scores(x, laplacian=laplacian, score="boundary"), torch.tensor([-r, 0.0, -r], dtype=x.dtype)
         )
     # "shift" adds an edge a - c of weight (0 + 1)/2; the middle node still sits on the cut.
-    torch.testing.assert_close(spectral_scores(x, negative="shift", laplacian="plain")[1], torch.tensor(0.0, dtype=x.dtype))
+    middle = spectral_scores(x, negative="shift", laplacian="plain")[1]
+    torch.testing.assert_close(middle, torch.tensor(0.0, dtype=x.dtype))
 
 
 def test_two_components_give_the_component_contrast():
@@ -104,7 +107,7 @@ def test_two_components_give_the_component_contrast():
     # whatever basis the eigensolver returns for the null space.
     x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     for laplacian in LAPLACIANS:
-        torch.testing.assert_close(spectral_scores(x, laplacian=laplacian), torch.full((4,), 0.5))
+        torch.testing.assert_close(spectral_scores(x, laplacian=laplacian, score="magnitude"), torch.full((4,), 0.5))
     # Unequal components: the contrast 1_A/|A| - 1_B/|B|, normalised.
     x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
     f = np.array([1 / 3, 1 / 3, 1 / 3, -1 / 2, -1 / 2])
@@ -129,7 +132,9 @@ def test_permuting_rows_permutes_scores(laplacian, negative, score):
         base = spectral_scores(x, laplacian=laplacian, negative=negative, score=score, labels=labels)
         for seed in range(4):
             perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-            permuted = spectral_scores(x[perm], laplacian=laplacian, negative=negative, score=score, labels=labels[perm])
+            permuted = spectral_scores(
+                x[perm], laplacian=laplacian, negative=negative, score=score, labels=labels[perm]
+            )
             torch.testing.assert_close(permuted, base[perm], atol=1e-5, rtol=0, msg=f"batch {name}")
 
 
@@ -174,7 +179,7 @@ def test_degenerate_batches_are_finite(laplacian, negative):
 def test_zero_vector_is_similar_to_nothing():
     # Under "clamp" a zero row is an isolated node: it is the whole of one side of the weakest cut.
     x = torch.cat([torch.rand(5, 3) + 0.1, torch.zeros(1, 3)])
-    scores = spectral_scores(x, laplacian="plain")
+    scores = spectral_scores(x, laplacian="plain", score="magnitude")
     assert int(scores.argmax()) == 5
     # Under "shift" its similarity 0 becomes 0.5: it is connected to everything.
     assert torch.isfinite(spectral_scores(x, negative="shift")).all()

@@ -31,7 +31,8 @@ fraction and the batch size only, so every rank trains on the same number of sam
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal, Optional, Union
+from collections.abc import Callable
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 import torch
@@ -52,7 +53,14 @@ from lightning_balance.functional.spectral import (
     SpectralScore,
     spectral_scores,
 )
-from lightning_balance.selection import KeepLike, _validate_fraction, keep_count, learnability_scores, resolve_keep, select_top_k
+from lightning_balance.selection import (
+    KeepLike,
+    _validate_fraction,
+    keep_count,
+    learnability_scores,
+    resolve_keep,
+    select_top_k,
+)
 
 __all__ = ["SALN"]
 
@@ -171,7 +179,9 @@ class SALN(Callback):
         >>> import lightning.pytorch as pl
         >>> from lightning_balance.datasets import LongTailDigits
         >>> from lightning_balance.models import MLPClassifier
-        >>> saln = SALN(keep=0.5, protect_groups_below=10)
+        >>> saln = SALN(keep=0.5, protect_groups_below=20)
+        >>> saln.method, saln.score, saln.laplacian, saln.features
+        ('spectral', 'boundary', 'random_walk', 'inputs')
         >>> trainer = pl.Trainer(max_epochs=1, callbacks=[saln], logger=False, enable_checkpointing=False,
         ...                      enable_progress_bar=False, enable_model_summary=False)
         >>> trainer.fit(MLPClassifier(), datamodule=LongTailDigits(batch_size=32))  # doctest: +SKIP
@@ -186,9 +196,9 @@ class SALN(Callback):
         method: Method = "spectral",
         features: FeatureSource = "inputs",
         inputs: InputSelector = 0,
-        laplacian: LaplacianKind = "normalized",
+        laplacian: LaplacianKind = "random_walk",
         negative: NegativeSimilarity = "clamp",
-        score: SpectralScore = "magnitude",
+        score: SpectralScore = "boundary",
         protect_groups_below: Optional[int] = None,
         reference: Optional[nn.Module] = None,
         seed: int = 0,
@@ -405,8 +415,10 @@ class SALN(Callback):
             return self._feature_cache.lookup(indices, extract)
         with torch.no_grad():
             if self.features == "embed":
-                return self._check_features(pl_module.embed(batch), b, f"{type(pl_module).__name__}.embed")  # type: ignore
-            return self._check_features(self.features(pl_module, batch), b, _describe(self.features))  # type: ignore
+                out, source = pl_module.embed(batch), f"{type(pl_module).__name__}.embed"  # type: ignore[operator]
+            else:
+                out, source = self.features(pl_module, batch), _describe(self.features)  # type: ignore[operator]
+        return self._check_features(out, b, source)
 
     def _select_inputs(self, batch: Any) -> torch.Tensor:
         if isinstance(batch, torch.Tensor):

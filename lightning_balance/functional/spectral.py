@@ -6,8 +6,9 @@ The scoring step of SALN (Sharifi, MLKD 2024, arXiv 2412.17069): build the cosin
 samples of a batch, take its Laplacian, and score every sample from the **Fiedler vector** (the eigenvector
 of the second-smallest eigenvalue), which splits the batch along its weakest cut.
 
-The paper leaves the details open; each is an option of :func:`spectral_scores`, and the defaults are the
-variants that trained best in ``benchmarks/saln_benchmark.py`` (numbers in ``docs/saln.md``):
+The paper leaves the details open; each is an option of :func:`spectral_scores`, and the defaults
+(``laplacian="random_walk"``, ``negative="clamp"``, ``score="boundary"``) are the variant that trained best in
+``benchmarks/saln_benchmark.py`` (numbers in ``docs/saln.md``):
 
 * ``laplacian``: ``"plain"`` :math:`L = D - S`, ``"normalized"``
   :math:`L = I - D^{-1/2} S D^{-1/2}`, or ``"random_walk"`` (the normalized eigenvector mapped back by
@@ -152,8 +153,12 @@ def _score(fiedler: torch.Tensor, score: str, labels: Optional[torch.Tensor]) ->
     if score == "signed":
         return fiedler
     if score == "boundary":
-        # The interpolated median is odd in f (median(-f) = -median(f)), so the score does not see the sign.
-        return -(fiedler - torch.quantile(fiedler, 0.5, dim=-1, keepdim=True)).abs()
+        # The mean of the two middle values is odd in f (median(-f) = -median(f)), so the score does not see the
+        # sign; a sort has no size limit, unlike torch.quantile.
+        ordered = fiedler.sort(dim=-1).values
+        b = fiedler.shape[-1]
+        median = 0.5 * (ordered[..., (b - 1) // 2] + ordered[..., b // 2])
+        return -(fiedler - median.unsqueeze(-1)).abs()
     if labels is None:  # unreachable through spectral_scores, which checks it first
         raise ValueError("`score='labels'` needs `labels=`.")
     same = labels.unsqueeze(-1) == labels.unsqueeze(-2)
@@ -166,9 +171,9 @@ def _score(fiedler: torch.Tensor, score: str, labels: Optional[torch.Tensor]) ->
 def spectral_scores(
     features: torch.Tensor,
     *,
-    laplacian: LaplacianKind = "normalized",
+    laplacian: LaplacianKind = "random_walk",
     negative: NegativeSimilarity = "clamp",
-    score: SpectralScore = "magnitude",
+    score: SpectralScore = "boundary",
     labels: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     r"""Score every sample of a batch (or of a stack of batches) from its Fiedler vector.
@@ -179,9 +184,11 @@ def spectral_scores(
     Args:
         features: ``[..., B, D]`` features, one row per sample; leading dimensions are independent batches.
             Integer and half-precision features are scored in float32, float64 features in float64.
-        laplacian: ``"normalized"``, ``"plain"`` or ``"random_walk"`` (see the module docstring).
-        negative: how negative cosine similarities become edge weights: ``"clamp"``, ``"shift"`` or ``"abs"``.
-        score: ``"magnitude"``, ``"boundary"``, ``"signed"`` or ``"labels"``.
+        laplacian: ``"random_walk"`` (default), ``"normalized"`` or ``"plain"`` (see the module docstring).
+        negative: how negative cosine similarities become edge weights: ``"clamp"`` (default), ``"shift"`` or
+            ``"abs"``.
+        score: ``"boundary"`` (default: keep the samples closest to the cut), ``"magnitude"``, ``"signed"`` or
+            ``"labels"``.
         labels: ``[..., B]`` class (or group) of every sample; needed only by ``score="labels"``.
 
     Returns:
@@ -195,10 +202,10 @@ def spectral_scores(
     Example:
         >>> import torch
         >>> features = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.6, 0.4], [0.1, 0.9], [0.0, 1.0]])
-        >>> spectral_scores(features).round(decimals=2)
-        tensor([0.5200, 0.4600, 0.0300, 0.4900, 0.5300])
-        >>> spectral_scores(features, score="boundary").round(decimals=2)  # the middle sample sits on the cut
-        tensor([-0.5200, -0.4600, -0.0000, -0.5200, -0.5600])
+        >>> spectral_scores(features).round(decimals=2)  # the middle sample sits on the cut: kept first
+        tensor([-0.4100, -0.3200, -0.0000, -0.5700, -0.6700])
+        >>> spectral_scores(features, score="magnitude").round(decimals=2)  # far from the cut first
+        tensor([0.4800, 0.3900, 0.0700, 0.5000, 0.6000])
         >>> spectral_scores(torch.randn(8, 16, 4)).shape  # eight batches of 16 samples, scored at once
         torch.Size([8, 16])
     """

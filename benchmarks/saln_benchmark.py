@@ -1,0 +1,639 @@
+"""SALN: what spectral scoring costs, which spectral variant selects best, and whether selection saves training.
+
+Three parts, each writing ``saln_<part>.json`` and ``saln_<part>.png`` to ``benchmarks/results`` and all of them
+summarised in ``saln.md``:
+
+``cost``
+    ``spectral_scores`` on 1,000 batches of ``B`` = 64, 256, 1024 samples with ``D`` = 512 features, as one
+    batched call per chunk of batches, against the training step (forward, backward, SGD update) of a small
+    MLP (512-256-10) on the same batches. Reported per batch and as scoring time / step time. Runs on CUDA too
+    when it is available (timed with synchronisation).
+``variants``
+    The open spectral details, decided on the long-tailed digits (``LongTailDigits``, IF = 100): one option
+    changed at a time from the base (normalised Laplacian, clamp, magnitude, raw inputs), then the best option
+    of every factor combined. Every run keeps half of each batch of 32 for 60 epochs; 3 seeds; final balanced
+    validation accuracy and tail recall (classes with fewer than 20 training samples). Baselines at the same
+    keep: random, loss (Selective Backprop), learnability (JEST), and the tail guard.
+``efficiency``
+    On long-tailed digits and a long-tailed breast-cancer set (scikit-learn's, IF = 20), full data against SALN
+    (the defaults), random keep and loss keep, 3 seeds: optimizer steps, samples back-propagated and wall time
+    until the validation accuracy (and the tail recall) first reaches the full-data model's final value. The
+    same runs give the per-step time split (loading, selection, the rest of the step) behind the choice of
+    selecting inside the step.
+
+Run ``python benchmarks/saln_benchmark.py`` (about 6 minutes on 2 CPU cores) or ``--quick`` for a smoke run
+that writes to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import lightning.pytorch as pl  # noqa: E402
+from torch.utils.data import TensorDataset  # noqa: E402
+
+from lightning_balance import BalancedDataModule  # noqa: E402
+from lightning_balance.callbacks import SALN  # noqa: E402
+from lightning_balance.datasets import LongTailDigits, long_tail_counts, long_tail_subset  # noqa: E402
+from lightning_balance.functional import spectral_scores, tail_recall  # noqa: E402
+from lightning_balance.models import MLPClassifier  # noqa: E402
+
+DEFAULT_OUT = HERE / "results"
+KEEP = 0.5
+SEEDS = (0, 1, 2)
+TAIL_BELOW = 20  # tail = fewer than 20 training samples (Kang et al.); the default of `tail_recall`
+BASE = {"score": "magnitude", "laplacian": "normalized", "negative": "clamp", "features": "inputs"}
+
+warnings.filterwarnings("ignore")
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _clock() -> float:
+    """Training time: CPU time of this (single-threaded) process on CPU, so that other jobs on a shared machine do
+    not inflate it; wall time when a GPU does the work (its kernels do not run on this process's CPU time)."""
+    return time.perf_counter() if torch.cuda.is_available() else time.process_time()
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _fmt(values: Sequence[Optional[float]], digits: int = 3, scale: float = 1.0) -> str:
+    reached = [v for v in values if v is not None and not math.isnan(v)]
+    if not reached:
+        return "not reached"
+    mean, std = _mean_std([v * scale for v in reached])
+    text = f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return text if len(reached) == len(values) else f"{text} ({len(reached)}/{len(values)})"
+
+
+# ------------------------------------------------------------------------------------------------ cost part
+
+
+def _clustered_batches(n: int, b: int, d: int, device: torch.device, seed: int) -> torch.Tensor:
+    """Features with ten clusters, closer to real embeddings than isotropic noise."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(10, d, generator=gen)
+    labels = torch.randint(0, 10, (n, b), generator=gen)
+    return (centres[labels] + 0.8 * torch.randn(n, b, d, generator=gen)).to(device)
+
+
+def run_cost(num_batches: int, sizes: Sequence[int], dim: int, devices: Sequence[torch.device]) -> list[dict]:
+    rows = []
+    for device in devices:
+        for b in sizes:
+            # Chunks of batches bound the memory of the B x B matrices (about 200 MB per chunk). The fastest of
+            # about 20 chunks is the time the work needs; slower chunks measure whatever else ran on the machine.
+            chunk = max(1, min(max(num_batches // 20, 1), (50 * 2**20) // (b * b)))
+            feats = _clustered_batches(chunk, b, dim, device, seed=b)
+            spectral_scores(feats[:1])  # warm-up: kernels, allocator
+            per_batch = []
+            done = 0
+            while done < num_batches:
+                n = min(chunk, num_batches - done)
+                _sync(device)
+                start = time.perf_counter()
+                spectral_scores(feats[:n])
+                _sync(device)
+                per_batch.append((time.perf_counter() - start) / n)
+                done += n
+            score_s = min(per_batch) * num_batches
+
+            torch.manual_seed(0)
+            mlp = nn.Sequential(nn.Linear(dim, 256), nn.ReLU(), nn.Linear(256, 10)).to(device)
+            opt = torch.optim.SGD(mlp.parameters(), lr=0.01, momentum=0.9)
+            targets = torch.randint(0, 10, (chunk, b), device=device)
+            step_batches = min(num_batches, 200)  # a step costs the same every time; 200 are plenty to time it
+
+            def step(i: int) -> None:
+                loss = nn.functional.cross_entropy(mlp(feats[i % chunk]), targets[i % chunk])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            for i in range(5):
+                step(i)
+            per_step = []
+            for block in range(0, step_batches, 10):
+                _sync(device)
+                start = time.perf_counter()
+                for i in range(block, min(block + 10, step_batches)):
+                    step(i)
+                _sync(device)
+                per_step.append((time.perf_counter() - start) / (min(block + 10, step_batches) - block))
+            step_s = min(per_step) * num_batches
+            rows.append({
+                "device": str(device), "device_name": _device_name(device), "B": b, "D": dim,
+                "batches": num_batches, "chunk": chunk, "scoring_ms_per_batch": 1e3 * score_s / num_batches,
+                "timing": "fastest chunk of batches (scoring) and fastest block of 10 steps (MLP), per batch",
+                "step_ms_per_batch": 1e3 * step_s / num_batches, "scoring_over_step": score_s / step_s,
+            })
+            print(f"  cost {device} B={b}: scoring {rows[-1]['scoring_ms_per_batch']:.3f} ms/batch, step"
+                  f" {rows[-1]['step_ms_per_batch']:.3f} ms/batch, ratio {rows[-1]['scoring_over_step']:.2f}")
+    return rows
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+class TensorData(BalancedDataModule):
+    """A BalancedDataModule over ready-made train/validation tensors."""
+
+    def __init__(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._train, self._val = train, val
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_dataset is None:
+            self.train_dataset = TensorDataset(*self._train)
+            self.val_dataset = TensorDataset(*self._val)
+
+
+class Task:
+    """One long-tailed problem: train (long-tailed), validation (balanced), holdout (balanced, for references)."""
+
+    def __init__(self, name: str, train, val, holdout, batch_size: int, epochs: int) -> None:
+        self.name, self.train, self.val, self.holdout = name, train, val, holdout
+        self.batch_size, self.epochs = batch_size, epochs
+        self.num_features = train[0].shape[1]
+        self.num_classes = int(max(train[1].max(), val[1].max())) + 1
+        self.counts = torch.bincount(train[1], minlength=self.num_classes)
+
+    def datamodule(self, seed: int) -> TensorData:
+        return TensorData(self.train, self.val, batch_size=self.batch_size, seed=seed)
+
+    def model(self) -> MLPClassifier:
+        return MLPClassifier(num_features=self.num_features, num_classes=self.num_classes, hidden=64, lr=0.05)
+
+
+def digits_task(epochs: int) -> Task:
+    dm = LongTailDigits(batch_size=32)
+    dm.setup("fit")
+    train, val = dm.train_dataset.tensors, dm.val_dataset.tensors
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.from_numpy((digits.data / 16.0).astype(np.float32))
+    y = torch.from_numpy(digits.target.astype(np.int64))
+    used = {tuple(row.tolist()) for row in torch.cat([train[0], val[0]])}
+    rest = np.array([i for i in range(len(x)) if tuple(x[i].tolist()) not in used])
+    rng = np.random.default_rng(1)
+    # Up to 20 per class: class 0 has only 4 images left once training (124) and validation (50) took theirs.
+    per_class = [rest[y[rest].numpy() == c] for c in range(10)]
+    hold = np.concatenate([rng.choice(m, min(20, len(m)), replace=False) for m in per_class])
+    return Task("digits-LT (IF=100)", train, val, (x[hold], y[hold]), batch_size=32, epochs=epochs)
+
+
+def breast_cancer_task(epochs: int, imbalance: float = 20.0) -> Task:
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    # Class 1 (benign, 357) is the head, class 0 (malignant, 212) the tail: relabel so the head is class 0.
+    y = (1 - data.target).astype(np.int64)
+    x = data.data.astype(np.float32)
+    rng = np.random.default_rng(0)
+    val = np.concatenate([rng.choice(np.flatnonzero(y == c), 50, replace=False) for c in range(2)])
+    rest = np.setdiff1d(np.arange(len(y)), val)
+    hold = np.concatenate([rng.choice(rest[y[rest] == c], 20, replace=False) for c in range(2)])
+    rest = np.setdiff1d(rest, hold)
+    counts = long_tail_counts(int(np.bincount(y[rest]).min()), 2, imbalance)
+    train = rest[long_tail_subset(y[rest], counts, seed=0)]
+    mean, std = x[train].mean(0), x[train].std(0) + 1e-6
+    x = (x - mean) / std
+
+    def pair(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
+
+    return Task(f"breast-cancer-LT (IF={imbalance:g})", pair(train), pair(val), pair(hold), batch_size=16,
+                epochs=epochs)
+
+
+def train_reference(task: Task, seed: int = 0, steps: int = 400) -> MLPClassifier:
+    """An MLP trained on the balanced holdout: JEST's reference model and a frozen feature extractor."""
+    torch.manual_seed(seed)
+    model = task.model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = task.holdout
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------ training runs
+
+
+class TimedSALN(SALN):
+    """SALN that also times its own selection (synchronised on CUDA)."""
+
+    selection_s = 0.0
+
+    def transform_train_batch(self, trainer, pl_module, batch, indices):
+        _sync(indices.device)
+        start = _clock()
+        out = super().transform_train_batch(trainer, pl_module, batch, indices)
+        _sync(indices.device)
+        self.selection_s += _clock() - start
+        return out
+
+
+class Curve(pl.Callback):
+    """Validation accuracy and tail recall every ``every`` steps, with training time that excludes evaluation."""
+
+    def __init__(self, task: Task, every: int) -> None:
+        self.task, self.every = task, every
+        self.points: list[dict] = []
+        self.samples = 0
+        self.eval_s = 0.0
+        self.load_s = 0.0
+        self._start = 0.0
+        self._batch_start: Optional[float] = None
+        self._last_end = 0.0
+
+    def on_train_start(self, trainer, pl_module):
+        self._start = self._last_end = _clock()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        # Between the end of the previous step and here: fetching, collating and moving the next batch (and the
+        # selection, which runs in on_after_batch_transfer; TimedSALN reports it separately).
+        self.load_s += _clock() - self._last_end
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.samples += len(batch[0])
+        step = trainer.global_step
+        if step % self.every == 0 or step == trainer.max_steps:
+            self.points.append(self.evaluate(pl_module, step))
+        self._last_end = _clock()
+
+    def evaluate(self, pl_module, step: int) -> dict:
+        _sync(pl_module.device)
+        start = _clock()
+        x, y = (t.to(pl_module.device) for t in self.task.val)
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            logits = pl_module(x)
+        pl_module.train(was_training)
+        out = tail_recall(logits.cpu(), y.cpu(), self.task.counts, few=TAIL_BELOW)
+        point = {"step": step, "samples": self.samples, "time_s": start - self._start - self.eval_s,
+                 "accuracy": float(out["macro"]), "tail": float(out["tail"])}
+        self.eval_s += _clock() - start
+        return point
+
+
+def train_run(task: Task, saln_kwargs: Optional[dict], seed: int, epochs: Optional[int] = None,
+              accelerator: str = "auto") -> dict:
+    pl.seed_everything(seed, verbose=False)
+    dm = task.datamodule(seed)
+    model = task.model()
+    steps_per_epoch = len(task.train[1]) // task.batch_size
+    curve = Curve(task, every=steps_per_epoch)
+    callbacks: list[pl.Callback] = [curve]
+    saln = None
+    if saln_kwargs is not None:
+        saln = TimedSALN(**saln_kwargs)
+        callbacks.append(saln)
+    trainer = pl.Trainer(
+        accelerator=accelerator, devices=1, max_epochs=epochs or task.epochs, callbacks=callbacks, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    start = _clock()
+    trainer.fit(model, dm)
+    total = _clock() - start
+    final = curve.points[-1]
+    steps = trainer.global_step
+    return {
+        "seed": seed, "curve": curve.points, "accuracy": final["accuracy"], "tail": final["tail"],
+        "steps": steps, "samples": curve.samples, "train_s": final["time_s"], "fit_s": total,
+        "load_ms_per_step": 1e3 * (curve.load_s - (saln.selection_s if saln else 0.0)) / steps,
+        "selection_ms_per_step": 1e3 * (saln.selection_s if saln else 0.0) / steps,
+        "step_ms": 1e3 * final["time_s"] / steps,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ variants part
+
+
+def _criterion(runs: list[dict]) -> float:
+    """Mean over seeds of (balanced accuracy + tail recall) / 2: the head must not be bought with the tail."""
+    return statistics.fmean((r["accuracy"] + r["tail"]) / 2 for r in runs)
+
+
+FACTORS = {
+    "score": ["magnitude", "boundary", "signed", "labels"],
+    "laplacian": ["normalized", "plain", "random_walk"],
+    "negative": ["clamp", "shift", "abs"],
+    "features": ["inputs", "embed", "frozen"],
+}
+
+
+def _config_name(cfg: dict) -> str:
+    return "spectral: " + ", ".join(f"{k}={cfg[k]}" for k in FACTORS)
+
+
+def run_variants(task: Task, seeds: Sequence[int], epochs: int) -> dict:
+    """Coordinate search over the spectral options, then the guard and the baselines at the same keep.
+
+    The factors are tried in the order of ``FACTORS``: every option of one factor with the others at their best so
+    far, the best kept before moving on. The score goes first because it changes the selection the most.
+    """
+    reference = train_reference(task)
+    frozen = reference.body  # the reference's hidden layer: a frozen extractor "pretrained" on other data
+    results: dict[str, list[dict]] = {}
+
+    def spectral(cfg: dict, **extra: Any) -> dict:
+        features = {"inputs": "inputs", "embed": "embed", "frozen": frozen}[cfg["features"]]
+        options = {k: v for k, v in cfg.items() if k != "features"}
+        return {"keep": KEEP, "method": "spectral", "features": features, **options, **extra}
+
+    def run(name: str, kwargs: Optional[dict]) -> list[dict]:
+        if name not in results:
+            results[name] = [train_run(task, kwargs, seed, epochs) for seed in seeds]
+            print(f"  variant {name:75s} acc {_fmt([r['accuracy'] for r in results[name]])}"
+                  f" tail {_fmt([r['tail'] for r in results[name]])}", flush=True)
+        return results[name]
+
+    run("full data (keep 1)", None)
+    best = dict(BASE)
+    search = []
+    for factor, options in FACTORS.items():
+        scored = {}
+        for option in options:
+            cfg = {**best, factor: option}
+            scored[option] = _criterion(run(_config_name(cfg), spectral(cfg)))
+        best[factor] = max(scored, key=scored.__getitem__)
+        search.append({"factor": factor, "criterion": scored, "chosen": best[factor]})
+    winner = _config_name(best)
+    run(winner + " + protect<20", spectral(best, protect_groups_below=TAIL_BELOW))
+    run("random", {"keep": KEEP, "method": "random"})
+    run("random + protect<20", {"keep": KEEP, "method": "random", "protect_groups_below": TAIL_BELOW})
+    run("loss", {"keep": KEEP, "method": "loss"})
+    run("learnability", {"keep": KEEP, "method": "learnability", "reference": reference})
+    return {"task": task.name, "keep": KEEP, "epochs": epochs, "seeds": list(seeds), "start": BASE,
+            "search": search, "best": best, "winner": winner,
+            "criterion": "mean over seeds of (balanced accuracy + tail recall) / 2",
+            "results": {n: [{k: v for k, v in r.items() if k != "curve"} for r in rs] for n, rs in results.items()}}
+
+
+# ------------------------------------------------------------------------------------------------ efficiency part
+
+
+def _first(curve: list[dict], ok: Callable[[dict], bool]) -> Optional[dict]:
+    return next((p for p in curve if ok(p)), None)
+
+
+def run_efficiency(tasks: Sequence[Task], seeds: Sequence[int]) -> dict:
+    methods: dict[str, Optional[dict]] = {
+        "full data": None,
+        "SALN (defaults)": {"keep": KEEP},
+        "random keep": {"keep": KEEP, "method": "random"},
+        "loss keep": {"keep": KEEP, "method": "loss"},
+    }
+    out: dict[str, Any] = {"keep": KEEP, "seeds": list(seeds), "tasks": {}}
+    for task in tasks:
+        runs = {name: [train_run(task, kw, seed) for seed in seeds] for name, kw in methods.items()}
+        target_acc = statistics.fmean(r["accuracy"] for r in runs["full data"])
+        target_tail = statistics.fmean(r["tail"] for r in runs["full data"])
+        table = {}
+        for name, rs in runs.items():
+            row: dict[str, Any] = {"accuracy": [r["accuracy"] for r in rs], "tail": [r["tail"] for r in rs],
+                                   "train_s": [r["train_s"] for r in rs], "steps": [r["steps"] for r in rs],
+                                   "samples": [r["samples"] for r in rs],
+                                   "load_ms_per_step": [r["load_ms_per_step"] for r in rs],
+                                   "selection_ms_per_step": [r["selection_ms_per_step"] for r in rs],
+                                   "step_ms": [r["step_ms"] for r in rs]}
+            for key, ok in (("acc", lambda p: p["accuracy"] >= target_acc - 1e-9),
+                            ("tail", lambda p: p["tail"] >= target_tail - 1e-9),
+                            ("both", lambda p: p["accuracy"] >= target_acc - 1e-9 and p["tail"] >= target_tail - 1e-9)):
+                hits = [_first(r["curve"], ok) for r in rs]
+                row[f"{key}_steps"] = [h["step"] if h else None for h in hits]
+                row[f"{key}_samples"] = [h["samples"] if h else None for h in hits]
+                row[f"{key}_time_s"] = [h["time_s"] if h else None for h in hits]
+            row["curves"] = [r["curve"] for r in rs]
+            table[name] = row
+            print(f"  {task.name} {name:16s} acc {_fmt(row['accuracy'])} tail {_fmt(row['tail'])}"
+                  f" steps to acc {_fmt(row['acc_steps'], 0)}")
+        out["tasks"][task.name] = {"target_accuracy": target_acc, "target_tail": target_tail, "epochs": task.epochs,
+                                   "batch_size": task.batch_size, "train_size": len(task.train[1]),
+                                   "class_counts": task.counts.tolist(), "methods": table}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def write_report(out: Path, cost: Optional[list], variants: Optional[dict], efficiency: Optional[dict],
+                 meta: dict) -> None:
+    lines = ["# SALN benchmark", "", f"Generated by `benchmarks/saln_benchmark.py` on {meta['when']}"
+             f" ({meta['platform']}, torch {meta['torch']}, {meta['threads']} CPU threads"
+             f"{', CUDA ' + meta['cuda'] if meta['cuda'] else ', no CUDA device'}).", ""]
+    if cost:
+        lines += ["## Scoring cost", "",
+                  f"`spectral_scores` on {cost[0]['batches']} batches (D = {cost[0]['D']}), one batched call per"
+                  " chunk of batches, against the training step of a 512-256-10 MLP (forward, backward, SGD) on the"
+                  " same batches. Per batch, from the fastest chunk (scoring) and the fastest block of 10 steps"
+                  " (MLP): the machine is shared, and slower repeats measure the neighbours.", "",
+                  "| device | B | scoring ms/batch | MLP step ms/batch | scoring / step |", "|---|---|---|---|---|"]
+        for r in cost:
+            lines.append(f"| {r['device_name']} | {r['B']} | {r['scoring_ms_per_batch']:.3f} |"
+                         f" {r['step_ms_per_batch']:.3f} | {100 * r['scoring_over_step']:.0f}% |")
+        if not any(r["device"].startswith("cuda") for r in cost):
+            lines += ["", "GPU figures are pending: no CUDA device was available for this run. The script measures"
+                      " on CUDA as well whenever `torch.cuda.is_available()`."]
+        lines.append("")
+    if variants:
+        res = variants["results"]
+        lines += ["## Spectral variants", "",
+                  f"{variants['task']}, keep = {variants['keep']}, batch 32, {variants['epochs']} epochs,"
+                  f" seeds {variants['seeds']}; balanced validation accuracy and tail recall (classes with fewer"
+                  f" than {TAIL_BELOW} training samples), mean ± std. Coordinate search from {variants['start']}:"
+                  " all options of one factor with the others at their best so far (score, then Laplacian, then"
+                  f" negative similarities, then features). Criterion: {variants['criterion']}. 'frozen' features"
+                  " are the hidden layer of an MLP trained on a small balanced holdout (also the reference model"
+                  " of 'learnability').", "",
+                  "| variant | accuracy | tail recall | criterion | selection ms/step |", "|---|---|---|---|---|"]
+        for name, rs in res.items():
+            bold = "**" if name == variants["winner"] else ""
+            lines.append(f"| {bold}{name}{bold} | {_fmt([r['accuracy'] for r in rs])} |"
+                         f" {_fmt([r['tail'] for r in rs])} | {_criterion(rs):.3f} |"
+                         f" {statistics.fmean(r['selection_ms_per_step'] for r in rs):.2f} |")
+        chosen = ", ".join(f"{s['factor']}={s['chosen']}" for s in variants["search"])
+        default = SALN()
+        defaults = {"score": default.score, "laplacian": default.laplacian, "negative": default.negative,
+                    "features": default.features}
+        agree = "These are the defaults of `SALN` and `spectral_scores`." if defaults == variants["best"] else (
+            f"**The defaults of `SALN` ({defaults}) differ from this choice.**")
+        lines += ["", f"Chosen: {chosen}. {agree}", ""]
+    if efficiency:
+        lines += ["## Training efficiency", "",
+                  f"keep = {efficiency['keep']}, seeds {efficiency['seeds']}. Targets are the full-data model's"
+                  " final balanced accuracy and tail recall (mean over seeds). 'Steps/samples/time to target':"
+                  " first evaluation (once per epoch) at which the run reaches the target; (k/n) when only k of n"
+                  " seeds reach it within the same number of epochs. Time is training time without evaluation: CPU time of the single-threaded training process on a CPU"
+                  " machine (other jobs on a shared machine do not inflate it), wall time with a GPU.", ""]
+        for task_name, t in efficiency["tasks"].items():
+            lines += [f"### {task_name}", "",
+                      f"{t['train_size']} training samples {t['class_counts']}, batch {t['batch_size']},"
+                      f" {t['epochs']} epochs. Target accuracy {t['target_accuracy']:.3f}, target tail recall"
+                      f" {t['target_tail']:.3f}.", "",
+                      "| method | final accuracy | final tail recall | steps to acc. target | samples to acc. target"
+                      " | time to acc. target (s) | steps to tail target | steps to both | total train time (s) |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for name, row in t["methods"].items():
+                lines.append(
+                    f"| {name} | {_fmt(row['accuracy'])} | {_fmt(row['tail'])} | {_fmt(row['acc_steps'], 0)} |"
+                    f" {_fmt(row['acc_samples'], 0)} | {_fmt(row['acc_time_s'], 2)} | {_fmt(row['tail_steps'], 0)} |"
+                    f" {_fmt(row['both_steps'], 0)} | {_fmt(row['train_s'], 2)} |")
+            lines += ["", "Per-step time split (ms, mean over seeds): loading = fetch, collate and transfer of the"
+                      " whole batch (DataLoader in the main process); selection = scoring and indexing in"
+                      " `transform_train_batch`; total = all training time per step, both included.", "",
+                      "| method | loading | selection | total per step |", "|---|---|---|---|"]
+            for name, row in t["methods"].items():
+                lines.append(f"| {name} | {statistics.fmean(row['load_ms_per_step']):.2f} |"
+                             f" {statistics.fmean(row['selection_ms_per_step']):.2f} |"
+                             f" {statistics.fmean(row['step_ms']):.2f} |")
+            lines.append("")
+    (out / "saln.md").write_text("\n".join(lines))
+
+
+def plot(out: Path, cost: Optional[list], variants: Optional[dict], efficiency: Optional[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if cost:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for device in sorted({r["device"] for r in cost}):
+            rs = [r for r in cost if r["device"] == device]
+            ax.plot([r["B"] for r in rs], [r["scoring_ms_per_batch"] for r in rs], "o-", label=f"scoring ({device})")
+            ax.plot([r["B"] for r in rs], [r["step_ms_per_batch"] for r in rs], "s--", label=f"MLP step ({device})")
+        ax.set(xscale="log", yscale="log", xlabel="batch size B", ylabel="ms per batch", title="spectral_scores, D=512")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "saln_cost.png", dpi=120)
+        plt.close(fig)
+    if variants:
+        res = variants["results"]
+        names = list(res)
+        fig, ax = plt.subplots(figsize=(8, 0.32 * len(names) + 1.2))
+        y = np.arange(len(names))
+        for offset, key, label in ((-0.2, "accuracy", "balanced accuracy"), (0.2, "tail", "tail recall")):
+            means = [_mean_std([r[key] for r in res[n]]) for n in names]
+            ax.barh(y + offset, [m for m, _ in means], 0.4, xerr=[s for _, s in means], label=label)
+        ax.set_yticks(y, names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set(xlabel=f"{variants['task']}, keep {variants['keep']}", xlim=(0, 1))
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "saln_variants.png", dpi=120)
+        plt.close(fig)
+    if efficiency:
+        tasks = efficiency["tasks"]
+        fig, axes = plt.subplots(2, len(tasks), figsize=(5 * len(tasks), 6), squeeze=False)
+        for col, (task_name, t) in enumerate(tasks.items()):
+            for name, row in t["methods"].items():
+                curves = row["curves"]
+                n = min(len(c) for c in curves)
+                samples = [curves[0][i]["samples"] for i in range(n)]
+                for r, key in enumerate(("accuracy", "tail")):
+                    mean = [statistics.fmean(c[i][key] for c in curves) for i in range(n)]
+                    axes[r][col].plot(samples, mean, label=name)
+            for r, (key, target) in enumerate((("accuracy", t["target_accuracy"]), ("tail recall", t["target_tail"]))):
+                axes[r][col].axhline(target, color="grey", lw=0.8, ls=":")
+                axes[r][col].set(xlabel="samples back-propagated", ylabel=key, title=task_name)
+            axes[0][col].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "saln_efficiency.png", dpi=120)
+        plt.close(fig)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run: few batches, 1 seed, few epochs")
+    parser.add_argument("--parts", nargs="+", default=["cost", "variants", "efficiency"],
+                        choices=["cost", "variants", "efficiency"])
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: benchmarks/results)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the cost part (default: torch's)")
+    args = parser.parse_args(argv)
+    out = args.out or (Path(tempfile.mkdtemp(prefix="saln_quick_")) if args.quick else DEFAULT_OUT)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = SEEDS[:1] if args.quick else SEEDS
+    meta = {"when": time.strftime("%Y-%m-%d"), "platform": platform.platform(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available()
+            else "", "quick": args.quick}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        meta["threads"] = args.threads
+    cost = variants = efficiency = None
+    start = time.perf_counter()
+    if "cost" in args.parts:
+        devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+        cost = run_cost(10 if args.quick else 1000, (64, 256, 1024), 512, devices)
+        (out / "saln_cost.json").write_text(json.dumps({"meta": meta, "rows": cost}, indent=1))
+    torch.set_num_threads(1)  # tiny models: one thread is faster and keeps timings steady
+    if "variants" in args.parts:
+        variants = run_variants(digits_task(60), seeds, epochs=4 if args.quick else 60)
+        (out / "saln_variants.json").write_text(json.dumps({"meta": meta, **variants}, indent=1))
+    if "efficiency" in args.parts:
+        tasks = [digits_task(4 if args.quick else 60), breast_cancer_task(4 if args.quick else 40)]
+        efficiency = run_efficiency(tasks, seeds)
+        (out / "saln_efficiency.json").write_text(json.dumps({"meta": meta, **efficiency}, indent=1))
+    # Parts not run this time keep their previous results in the summary.
+    cost = cost or _load(out / "saln_cost.json", "rows")
+    variants = variants or _load(out / "saln_variants.json")
+    efficiency = efficiency or _load(out / "saln_efficiency.json")
+    write_report(out, cost, variants, efficiency, meta)
+    plot(out, cost, variants, efficiency)
+    print(f"wrote {out} in {time.perf_counter() - start:.0f} s")
+
+
+def _load(path: Path, key: Optional[str] = None) -> Any:
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    data.pop("meta", None)
+    return data[key] if key else data
+
+
+if __name__ == "__main__":
+    main()

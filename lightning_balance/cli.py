@@ -1,0 +1,402 @@
+r"""
+Command line
+^^^^^^^^^^^^
+
+``lightning-balance`` (or ``python -m lightning_balance``) has three jobs:
+
+* ``compare``: answer "upsample or upweight?" for your data. Trains the same model under natural sampling,
+  upsampling, upweighting and Cooldown (``--saln`` adds SALN) over several seeds, prints a table and writes CSV,
+  JSON and two plots. Without arguments it runs on the embedded long-tailed digits.
+* ``paper``: reproduce the checks of Li et al. (2025) on the embedded data and write a report.
+* ``fit`` / ``validate`` / ``test``: single runs through Lightning's ``LightningCLI``, configured by YAML
+  (see ``configs/``).
+
+Examples::
+
+    lightning-balance compare
+    lightning-balance compare --datamodule my_project.data.MyData --datamodule-args root=/data batch_size=64 \
+        --model my_project.model.MyModel --model-args '{"lr": 0.01}' --devices 4 --strategy ddp --accelerator gpu
+    lightning-balance compare --config configs/digits_upweight.yaml --seeds 5
+    lightning-balance paper --out paper_run
+    lightning-balance fit --config configs/digits_cooldown.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from lightning_balance.compare import (
+    CompareSettings,
+    ComponentSpec,
+    ConfigurationError,
+    check_datamodule_class,
+    check_model_class,
+    check_output_dir,
+    default_runs,
+    global_rank,
+    import_object,
+)
+
+__all__ = ["build_parser", "lightning_cli", "main", "parse_kwargs"]
+
+PROG = "lightning-balance"
+DEFAULT_DATAMODULE = "lightning_balance.datasets.LongTailDigits"
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+#: Trainer settings a ``--config`` file may set for ``compare``; the run length is the runner's own.
+_HARDWARE_KEYS = ("accelerator", "devices", "strategy", "num_nodes", "precision")
+#: DataModule arguments that ``compare`` sets itself, run by run.
+_PER_RUN_KEYS = ("strategy", "temperature", "seed")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Argument helpers
+# ----------------------------------------------------------------------------------------------------------
+def parse_kwargs(values: Optional[Sequence[str]], argument: str) -> dict[str, Any]:
+    """Keyword arguments from a JSON object or from ``key=value`` words (values read as YAML scalars).
+
+    Example:
+        >>> parse_kwargs(['{"lr": 0.01, "hidden": 32}'], "--model-args")
+        {'lr': 0.01, 'hidden': 32}
+        >>> parse_kwargs(["lr=0.01", "name=digits", "flags=[1, 2]", "on=true"], "--model-args")
+        {'lr': 0.01, 'name': 'digits', 'flags': [1, 2], 'on': True}
+        >>> parse_kwargs(["lr"], "--model-args")
+        Traceback (most recent call last):
+        ...
+        lightning_balance.compare.ConfigurationError: Cannot read `--model-args` 'lr': expected key=value ...
+    """
+    import yaml
+
+    if not values:
+        return {}
+    fix = "expected key=value (e.g. lr=0.01) or one JSON object (e.g. '{\"lr\": 0.01}')"
+    if len(values) == 1 and values[0].lstrip().startswith("{"):
+        try:
+            parsed = json.loads(values[0])
+        except json.JSONDecodeError as err:
+            raise ConfigurationError(f"Cannot read `{argument}` {values[0]!r}: invalid JSON ({err}); {fix}.") from err
+        if not isinstance(parsed, dict):
+            raise ConfigurationError(f"Cannot read `{argument}` {values[0]!r}: {fix}.")
+        return parsed
+    kwargs: dict[str, Any] = {}
+    for word in values:
+        key, sep, raw = word.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ConfigurationError(f"Cannot read `{argument}` {word!r}: {fix}.")
+        try:
+            kwargs[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            kwargs[key.strip()] = raw
+    return kwargs
+
+
+def _instantiate(value: Any, argument: str) -> Any:
+    """Build ``{class_path, init_args}`` entries (as LightningCLI configs write them), recursively."""
+    if isinstance(value, dict) and "class_path" in value:
+        cls = import_object(value["class_path"], argument)
+        init_args = {k: _instantiate(v, argument) for k, v in (value.get("init_args") or {}).items()}
+        try:
+            return cls(**init_args)
+        except TypeError as err:
+            raise ConfigurationError(
+                f"Cannot build {value['class_path']}(**{init_args!r}) in `{argument}`: {err}."
+            ) from err
+    if isinstance(value, dict):
+        return {k: _instantiate(v, argument) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_instantiate(v, argument) for v in value]
+    return value
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    """The ``data``, ``model`` and ``trainer`` sections of a LightningCLI YAML."""
+    import yaml
+
+    file = Path(path)
+    try:
+        config = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except OSError as err:
+        raise ConfigurationError(
+            f"Cannot read `--config` {path!r}: {err.strerror}. Give the path of a YAML file."
+        ) from err
+    except yaml.YAMLError as err:
+        raise ConfigurationError(f"Cannot read `--config` {path!r}: invalid YAML ({err}).") from err
+    if not isinstance(config, dict):
+        raise ConfigurationError(
+            f"`--config` {path!r} is not a mapping with `data:`, `model:` and `trainer:` sections."
+        )
+    for section in ("data", "model"):
+        entry = config.get(section)
+        if entry is not None and not (isinstance(entry, dict) and "class_path" in entry):
+            raise ConfigurationError(
+                f"`--config` {path!r}: the `{section}:` section needs a `class_path` (and `init_args`), as"
+                f" `lightning-balance fit` configs write it; got {entry!r}."
+            )
+    return config
+
+
+def _int_or_str(value: str) -> Any:
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parser
+# ----------------------------------------------------------------------------------------------------------
+def _add_run_arguments(parser: argparse.ArgumentParser, steps: int, val_every: int) -> None:
+    runs = parser.add_argument_group("runs")
+    runs.add_argument("--temperature", type=float, default=5.0,
+                      help="T of upsample, upweight and the start of Cooldown (default: %(default)s)")
+    runs.add_argument("--cooldown-at", type=float, default=0.5,
+                      help="fraction of training after which Cooldown samples at T=1 (default: %(default)s)")
+    runs.add_argument("--seeds", type=int, default=3, help="seeds per strategy: 0..N-1 (default: %(default)s)")
+    runs.add_argument("--max-steps", type=int, default=steps, help="optimizer steps per run (default: %(default)s)")
+    runs.add_argument("--val-every", type=int, default=val_every,
+                      help="validate every N optimizer steps (default: %(default)s)")
+    runs.add_argument("--tail-target", type=float, default=0.5,
+                      help="report the first step at which tail recall reached this (default: %(default)s)")
+    runs.add_argument("--batch-size", type=int, default=None, help="per-process batch size (default: the DataModule's)")
+    runs.add_argument("--quick", action="store_true", help="a smoke test: 1 seed, 200 steps, validate every 20")
+    split = parser.add_argument_group("head / medium / tail classes (by training count)")
+    split.add_argument("--split", choices=("absolute", "quantile"), default="absolute",
+                       help="absolute thresholds, or thirds of the classes by count (default: %(default)s)")
+    split.add_argument("--many", type=float, default=100, help="head: more than this many examples (default: 100)")
+    split.add_argument("--few", type=float, default=20, help="tail: fewer than this many examples (default: 20)")
+    hardware = parser.add_argument_group("hardware (passed to the Trainer)")
+    hardware.add_argument("--accelerator", default=None, help="cpu, gpu, auto... (default: Lightning's)")
+    hardware.add_argument("--devices", type=_int_or_str, default=None, help="e.g. 4, '0,1' or auto")
+    hardware.add_argument("--strategy", default=None, help="e.g. ddp (one process per device)")
+    hardware.add_argument("--num-nodes", type=int, default=None)
+    hardware.add_argument("--precision", default=None, help="e.g. bf16-mixed")
+    hardware.add_argument("--threads", type=int, default=None,
+                          help="CPU threads for torch (default: 1 for the embedded data, whose tiny model trains"
+                               " fastest on one thread; torch's default otherwise)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", default=None, help="output directory (default: ./balance_runs/<command>-<time>)")
+    output.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lightning-balance`` parser with its ``compare`` and ``paper`` subcommands."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Balanced training on long-tailed data: compare upsampling and upweighting on your data.",
+        epilog=f"`{PROG} fit|validate|test --config cfg.yaml` runs Lightning's LightningCLI (see `{PROG} fit --help`).",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="{compare,paper,fit,validate,test}")
+
+    cmp = commands.add_parser(
+        "compare", help="train natural / upsample / upweight / Cooldown over seeds and compare them",
+        description="Train the same model under natural sampling, upsampling (T), upweighting (T), Cooldown"
+                    " (T, then 1) and optionally SALN, over several seeds; print a table and write CSV, JSON and"
+                    " plots.",
+    )
+    source = cmp.add_argument_group("data and model")
+    source.add_argument("--datamodule", default=None,
+                        help=f"import path of a BalancedDataModule subclass (default: {DEFAULT_DATAMODULE})")
+    source.add_argument("--datamodule-args", nargs="*", default=None, metavar="KEY=VALUE",
+                        help="its arguments: key=value words or one JSON object")
+    source.add_argument("--model", default=None,
+                        help="import path of a LightningModule whose training_step returns balanced_loss(...)"
+                             " (default: an MLP sized from the data)")
+    source.add_argument("--model-args", nargs="*", default=None, metavar="KEY=VALUE",
+                        help="its arguments: key=value words or one JSON object")
+    source.add_argument("--config", default=None,
+                        help="a LightningCLI YAML (as for `fit`): its data, model and hardware settings are used")
+    extra = cmp.add_argument_group("more runs")
+    extra.add_argument("--only", default=None, help="comma-separated subset of natural,upsample,upweight,cooldown,saln")
+    extra.add_argument("--saln", action="store_true", help="add SALN batch selection (natural sampling)")
+    extra.add_argument("--saln-keep", type=float, default=0.5, help="fraction of each batch SALN keeps (default: 0.5)")
+    extra.add_argument("--saln-method", choices=("spectral", "random", "loss"), default="spectral",
+                       help="selection score: spectral (SALN) or a baseline at the same kept fraction")
+    _add_run_arguments(cmp, steps=1000, val_every=20)
+
+    paper = commands.add_parser(
+        "paper", help="reproduce the paper's checks on the embedded data and write a report",
+        description="Theorem 1 (full-batch equivalence), Theorem 2 (gradient variance vs F(T)), tail convergence"
+                    " and overfitting, and Cooldown, on the embedded long-tailed digits.",
+    )
+    paper.add_argument("--num-batches", type=int, default=4000,
+                       help="mini-batches drawn per sampler to measure gradient variance (default: %(default)s)")
+    _add_run_arguments(paper, steps=1000, val_every=20)
+    for name in LIGHTNING_COMMANDS[:3]:
+        commands.add_parser(name, help=f"LightningCLI `{name}` with a BalancedDataModule (see `{PROG} {name} --help`)",
+                            add_help=False)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------------------------
+def _settings(args: argparse.Namespace, trainer_kwargs: dict[str, Any]) -> CompareSettings:
+    if args.quick:
+        args.seeds, args.max_steps, args.val_every = 1, min(args.max_steps, 200), min(args.val_every, 20)
+    if args.seeds < 1:
+        raise ConfigurationError(f"Expected `--seeds` to be a positive number of seeds, but got {args.seeds}.")
+    for name in ("accelerator", "devices", "strategy", "num_nodes", "precision"):
+        if getattr(args, name) is not None:
+            trainer_kwargs[name] = getattr(args, name)
+    return CompareSettings(
+        seeds=list(range(args.seeds)), max_steps=args.max_steps, val_every=args.val_every,
+        tail_target=args.tail_target, many=args.many, few=args.few, split=args.split, trainer_kwargs=trainer_kwargs,
+    )
+
+
+def _output_dir(args: argparse.Namespace, command: str) -> Optional[Path]:
+    """The output directory, created and checked on rank 0; ``None`` on the other ranks (they write nothing)."""
+    if global_rank() != 0:
+        return None
+    out = args.out or Path("balance_runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return check_output_dir(out, "--out")
+
+
+def _set_threads(args: argparse.Namespace, embedded: bool) -> None:
+    import torch
+
+    threads = args.threads if args.threads is not None else (1 if embedded else None)
+    if threads is not None:
+        if threads < 1:
+            raise ConfigurationError(f"Expected `--threads` to be a positive integer, but got {threads}.")
+        torch.set_num_threads(threads)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    console = Console()
+    # A log file or a pipe gets the whole table rather than 80 squeezed columns.
+    return console if console.is_terminal else Console(width=200)
+
+
+def _compare_command(args: argparse.Namespace) -> int:
+    from lightning_balance.compare import compare
+    from lightning_balance.reporting import print_summary, verdict, write_compare_outputs
+
+    config = _read_config(args.config) if args.config else {}
+    trainer_kwargs = {k: v for k, v in (config.get("trainer") or {}).items() if k in _HARDWARE_KEYS}
+
+    data_path = args.datamodule or (config.get("data") or {}).get("class_path") or DEFAULT_DATAMODULE
+    data_cls = check_datamodule_class(import_object(data_path, "--datamodule"), "--datamodule")
+    data_kwargs: dict[str, Any] = {}
+    if config.get("data") and not args.datamodule:
+        data_kwargs = _instantiate(dict(config["data"].get("init_args") or {}), "--config data")
+    data_kwargs.update(parse_kwargs(args.datamodule_args, "--datamodule-args"))
+    ignored = [k for k in _PER_RUN_KEYS if k in data_kwargs]
+    for key in ignored:
+        del data_kwargs[key]
+    if args.batch_size is not None:
+        data_kwargs["batch_size"] = args.batch_size
+    data = ComponentSpec(data_cls, data_kwargs, "--datamodule")
+
+    model = None
+    model_path = args.model or (config.get("model") or {}).get("class_path")
+    if model_path:
+        model_cls = check_model_class(import_object(model_path, "--model"), "--model")
+        model_kwargs: dict[str, Any] = {}
+        if config.get("model") and not args.model:
+            model_kwargs = _instantiate(dict(config["model"].get("init_args") or {}), "--config model")
+        model_kwargs.update(parse_kwargs(args.model_args, "--model-args"))
+        model = ComponentSpec(model_cls, model_kwargs, "--model")
+    elif args.model_args:
+        raise ConfigurationError("`--model-args` was given without `--model`: name the model class with --model.")
+
+    only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only is not None else None
+    if args.saln:
+        try:
+            import lightning_balance.callbacks.saln  # noqa: F401
+        except ImportError as err:
+            raise ConfigurationError(f"`--saln` needs the SALN callback, which cannot be imported: {err}.") from err
+    runs = default_runs(args.temperature, args.cooldown_at, saln_keep=args.saln_keep if args.saln else None,
+                        saln_method=args.saln_method, only=only)
+    settings = _settings(args, trainer_kwargs)
+    out = _output_dir(args, "compare")
+    _set_threads(args, embedded=data_path == DEFAULT_DATAMODULE and model is None)
+
+    console = _console()
+    if out is not None:
+        console.print(f"[bold]{PROG} compare[/]: {data.name} · {len(runs)} strategies × {len(settings.seeds)} seeds"
+                      f" × {settings.max_steps} steps · output {out}")
+        if ignored:
+            console.print(f"Ignoring {', '.join(ignored)} from the data arguments: compare sets them per run.")
+    start = time.perf_counter()
+    result = compare(data, model, runs, settings, progress=not args.no_progress)
+    if result.is_empty or out is None:
+        return 0  # ranks other than 0 write nothing
+    result.settings["total_wall_time_s"] = time.perf_counter() - start
+    files = write_compare_outputs(result, out)
+    print_summary(result.summary, console)
+    for line in verdict(result.summary):
+        console.print(line)
+    console.print(f"Total wall time {result.settings['total_wall_time_s']:.1f} s. Wrote "
+                  + ", ".join(str(path) for path in files.values()))
+    return 0
+
+
+def _paper_command(args: argparse.Namespace) -> int:
+    from lightning_balance.paper import reproduce
+
+    out = _output_dir(args, "paper")
+    _set_threads(args, embedded=True)
+    settings = _settings(args, {})
+    if args.num_batches < 10:
+        raise ConfigurationError(f"Expected `--num-batches` to be at least 10, but got {args.num_batches}.")
+    console = _console()
+    if out is not None:
+        console.print(f"[bold]{PROG} paper[/]: output {out}")
+    report = reproduce(settings, temperature=args.temperature, cooldown_at=args.cooldown_at,
+                       num_batches=args.num_batches, out_dir=out, progress=not args.no_progress)
+    if out is not None and report is not None:
+        console.print(report["markdown_summary"])
+        console.print(f"Wrote {out / 'report.md'} and {out / 'paper.json'}")
+    return 0
+
+
+def lightning_cli(args: Optional[Sequence[str]] = None, run: bool = True) -> Any:
+    """Lightning's ``LightningCLI`` over any LightningModule and any :class:`~lightning_balance.BalancedDataModule`.
+
+    Both are named by ``class_path`` in the YAML (``model:`` and ``data:`` sections); a temperature schedule is
+    a ``class_path`` too, e.g. ``lightning_balance.Cooldown``. With ``run=True``, ``args`` start with the
+    subcommand (``fit``, ``validate``, ``test``, ``predict``); ``None`` reads ``sys.argv``.
+    """
+    from lightning.pytorch import LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    from lightning_balance.datamodule import BalancedDataModule
+
+    return LightningCLI(
+        LightningModule, BalancedDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        args=None if args is None else list(args),
+        run=run, save_config_kwargs={"overwrite": True},
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``lightning-balance``; returns the exit status (2 for a configuration error)."""
+    from_console = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        # From the console LightningCLI reads sys.argv itself (given both, it warns that they might differ).
+        lightning_cli(None if from_console else argv)
+        return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    command = {"compare": _compare_command, "paper": _paper_command}[args.command]
+    try:
+        return command(args)
+    except ConfigurationError as err:
+        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -45,8 +45,11 @@ GroupsLike = Union[Sequence[int], np.ndarray, torch.Tensor]
 # Tags that keep the random streams of the different planning stages independent.
 _COUNTS, _PASSES, _SHUFFLE = 0, 1, 2
 # Permutations of small groups are made in blocks of about this many elements, so a tail group drawn a
-# million times costs a few vectorised calls instead of one call per pass.
-_PASS_BLOCK = 1 << 16
+# million times costs a few hundred vectorised calls instead of one call per pass, while a group drawn a
+# few times does not pay for a large block.
+_PASS_BLOCK = 1 << 12
+# Group sizes are counted in chunks: np.bincount copies its input to int64, 8 bytes per example at once.
+_COUNT_CHUNK = 1 << 22
 # The schedule is evaluated on at most about this many blocks of steps per epoch (plus a bisection where the
 # temperature changes), which bounds the number of segments and so the planning cost of smooth schedules.
 _MAX_SCHEDULE_BLOCKS = 1 << 10
@@ -111,7 +114,9 @@ class GroupIndex:
             num_groups = high + 1
         elif high >= num_groups:
             raise ValueError(f"`groups` holds id {high}, but `num_groups` is {num_groups}; ids must be < num_groups.")
-        counts = np.bincount(array, minlength=num_groups)
+        counts = np.zeros(num_groups, dtype=np.int64)
+        for start in range(0, len(array), _COUNT_CHUNK):
+            counts += np.bincount(array[start : start + _COUNT_CHUNK], minlength=num_groups)
         # A 16-bit key makes numpy's stable sort a radix sort: O(N) instead of O(N log N).
         key = array.astype(np.uint16, copy=False) if num_groups <= 1 << 16 else array
         order = np.argsort(key, kind="stable")

@@ -448,7 +448,7 @@ class _LossCallCounter:
 class _Recorder(Callback):
     """Per-group validation loss and recall at every validation, training samples and the loss-hook check."""
 
-    def __init__(self, settings: CompareSettings, model_name: str, on_step: Optional[Callable[[], None]] = None):
+    def __init__(self, settings: CompareSettings, model_name: str, on_step: Optional[Callable[[int], None]] = None):
         self.settings = settings
         self.model_name = model_name
         self.on_step = on_step
@@ -491,7 +491,7 @@ class _Recorder(Callback):
             warnings.simplefilter("ignore")
             self.samples_seen += extract_batch_size(batch) * trainer.world_size
         if self.on_step is not None and trainer.is_global_zero:
-            self.on_step()
+            self.on_step(trainer.global_step)  # optimizer steps, not batches: right with gradient accumulation too
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: LightningModule) -> None:
@@ -554,9 +554,11 @@ def _logits_and_target(pl_module: LightningModule, outputs: Any, batch: Any) -> 
 class _RunProgress:
     """One rich progress bar over all the runs of a comparison (rank 0 only)."""
 
-    def __init__(self, total_steps: int, enabled: bool) -> None:
+    def __init__(self, runs: int, steps_per_run: int, enabled: bool) -> None:
         self.enabled = enabled and global_rank() == 0
-        self.total_steps = total_steps
+        self.total_steps = runs * steps_per_run
+        self.steps_per_run = steps_per_run
+        self._base = 0
         self._progress: Any = None
         self._task: Any = None
 
@@ -586,13 +588,15 @@ class _RunProgress:
         if self._progress is not None:
             self._progress.__exit__(*exc)
 
-    def describe(self, text: str) -> None:
+    def start_run(self, text: str, index: int) -> None:
+        """Show which run trains; ``index`` runs (of ``steps_per_run`` steps each) are done."""
+        self._base = index * self.steps_per_run
         if self._progress is not None:
-            self._progress.update(self._task, description=text)
+            self._progress.update(self._task, description=text, completed=self._base)
 
-    def advance(self) -> None:
+    def at_step(self, step: int) -> None:
         if self._progress is not None:
-            self._progress.advance(self._task)
+            self._progress.update(self._task, completed=self._base + min(step, self.steps_per_run))
 
 
 @contextlib.contextmanager
@@ -657,7 +661,7 @@ def run_once(
     data: ComponentSpec,
     model: Optional[ComponentSpec],
     settings: CompareSettings,
-    on_step: Optional[Callable[[], None]] = None,
+    on_step: Optional[Callable[[int], None]] = None,
 ) -> Optional[RunResult]:
     """Train one strategy with one seed and return its measurements (``None`` on ranks other than 0)."""
     pl.seed_everything(seed, verbose=False)
@@ -825,12 +829,13 @@ def compare(
             model.build()  # a wrong --model-args fails here, before any training
         results: list[RunResult] = []
         total = len(runs) * len(settings.seeds)
-        with _RunProgress(total * settings.max_steps, progress) as bar:
+        with _RunProgress(total, settings.max_steps, progress) as bar:
             for i, (spec, seed) in enumerate((s, seed) for s in runs for seed in settings.seeds):
-                bar.describe(f"{spec.name} ({spec.label}) seed {seed}  [{i + 1}/{total}]")
-                result = run_once(spec, seed, data, model, settings, on_step=bar.advance)
+                bar.start_run(f"{spec.name} ({spec.label}) seed {seed}  [{i + 1}/{total}]", i)
+                result = run_once(spec, seed, data, model, settings, on_step=bar.at_step)
                 if result is not None:
                     results.append(result)
+            bar.start_run(f"{total} runs done", total)
     described = {
         "datamodule": data.name,
         "datamodule_args": _jsonable(data.kwargs),

@@ -192,6 +192,13 @@ trainer:
 """
 
 
+@pytest.fixture
+def _console_argv(monkeypatch):
+    """As from a console: LightningCLI warns when it gets both ``args`` and pytest's own ``sys.argv``."""
+    monkeypatch.setattr(sys, "argv", ["lightning-balance"])
+
+
+@pytest.mark.usefixtures("_console_argv")
 def test_balanced_datamodule_from_yaml_with_a_schedule_class(tmp_path):
     config = tmp_path / "fit.yaml"
     config.write_text(FIT_CONFIG)
@@ -207,6 +214,7 @@ def test_balanced_datamodule_from_yaml_with_a_schedule_class(tmp_path):
     assert dm.current_temperature() == 1.0  # the schedule switched after a quarter of the 8 steps
 
 
+@pytest.mark.usefixtures("_console_argv")
 def test_fit_subcommand_runs_every_example_config(tmp_path):
     for config in CONFIGS:
         assert main(["fit", "--config", str(config), "--trainer.max_steps=3", "--trainer.val_check_interval=3",
@@ -216,6 +224,7 @@ def test_fit_subcommand_runs_every_example_config(tmp_path):
     assert {c.stem for c in CONFIGS} >= {"digits_cooldown", "digits_upweight"}
 
 
+@pytest.mark.usefixtures("_console_argv")
 def test_fit_rejects_an_unknown_strategy(tmp_path):
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(CONFIGS[0]), "--data.init_args.strategy=oversample",

@@ -1,9 +1,11 @@
 """Balanced training on heavily imbalanced, long-tailed data with PyTorch Lightning."""
 
+from lightning_balance.callbacks.saln import SALN
 from lightning_balance.callbacks.tail_recall_monitor import TailRecallMonitor
 from lightning_balance.datamodule import BalancedDataModule, IndexedBatch, balanced_loss
 from lightning_balance.sampler import GroupIndex, TemperatureSampler
 from lightning_balance.schedules import Constant, Cooldown, LinearRamp, resolve_temperature
+from lightning_balance.functional.spectral import spectral_scores
 from lightning_balance.functional.tail_recall import long_tail_split
 from lightning_balance.tail_recall import TailRecall
 from lightning_balance.temperature import scalarization_variance_factor, scalarization_weights, temperature_probs
@@ -21,11 +23,13 @@ __all__ = [
     "Cooldown",
     "GroupIndex",
     "LinearRamp",
+    "SALN",
     "TailRecall",
     "TailRecallMonitor",
     "TemperatureSampler",
     "resolve_temperature",
     "scalarization_variance_factor",
     "scalarization_weights",
+    "spectral_scores",
     "temperature_probs",
 ]

@@ -15,3 +15,6 @@ def _quiet_lightning():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*LitLogger.*")
         yield
+
+# Scripts launched by the DDP tests in subprocesses: importing them would run them.
+collect_ignore = ["scripts"]

@@ -363,3 +363,21 @@ def test_keep_count_is_exact_and_rank_independent():
         for keep in (0.1, 0.25, 1 / 3, 0.5, 0.9, 1.0):
             k = keep_count(keep, b)
             assert 1 <= k <= b and k == max(1, math.ceil(round(keep * b, 9)))
+
+
+def test_select_top_k_matches_a_brute_force_ranking():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        b = int(torch.randint(1, 20, (1,), generator=gen))
+        k = int(torch.randint(0, b + 1, (1,), generator=gen))
+        scores = torch.randint(0, 4, (b,), generator=gen).float()  # many ties
+        protected = torch.rand(b, generator=gen) < 0.3
+        # Reference: protected first, then higher score, then earlier position.
+        ranked = sorted(range(b), key=lambda i: (not protected[i], -scores[i], i))
+        assert select_top_k(scores, k, protected=protected).tolist() == sorted(ranked[:k])
+        # With a generator, ties are broken at random but the kept scores are the same multiset.
+        g = torch.Generator().manual_seed(1)
+        kept = select_top_k(scores, k, protected=protected, generator=g)
+        want = torch.tensor(ranked[:k], dtype=torch.long)
+        assert sorted(scores[kept].tolist()) == sorted(scores[want].tolist())
+        assert protected[kept].sum() == min(k, int(protected.sum()))

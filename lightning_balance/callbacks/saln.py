@@ -13,16 +13,17 @@ Why inside the step rather than planned at the start of the epoch
 Selection happens after the batch reaches the device, in the ``transform_train_batch`` hook that
 :class:`~lightning_balance.BalancedDataModule` calls from ``on_after_batch_transfer``:
 
-* the scores need what only exists during training: the learner's embedding or loss at the current weights,
-  and the composition of the batch itself (the cut is a property of the batch, not of a sample);
-* one batched eigendecomposition per step costs little next to the step (``benchmarks/saln_benchmark.py``;
-  see ``docs/saln.md`` for the measured fractions), while a planning pass would score the whole epoch up
-  front with weights that are stale by the end of it;
-* the sampler, its distributed split and its resumable position stay untouched: no second sampler has to
-  agree across ranks or be checkpointed.
+* the learner-dependent scores (``embed``, ``loss``, ``learnability``) need the current weights; a plan made at
+  the start of the epoch would rank with weights that are stale by its end;
+* the cut is a property of the batch actually trained on, and the sampler, its distributed split and its
+  resumable position stay untouched: no second sampler has to agree across ranks or be checkpointed.
 
-The price is that the dropped samples are still loaded and moved to the device. When loading dominates the
-step, keep the batch small or use the frozen-feature mode, whose features are cached per dataset index.
+The price is that the dropped samples are still loaded and moved to the device; that is all an epoch-start plan
+could save, since it scores the same batches. Measured on the long-tailed digits (``benchmarks/saln_benchmark.py``,
+batch 32, keep 0.5, CPU): selection costs 0.55 ms of a 1.84 ms step and loading the whole batch 0.50 ms, so a
+plan would save about 0.25 ms per step (14%). With fixed features (raw inputs, a frozen extractor) in a
+loader-bound pipeline the saving grows with the loading cost and such a plan would be worth adding; with
+DataLoader workers the loading overlaps the step. ``docs/saln.md`` has the numbers.
 
 Selection keeps exactly :func:`~lightning_balance.selection.keep_count` samples, a function of the kept
 fraction and the batch size only, so every rank trains on the same number of samples per step.
@@ -97,6 +98,9 @@ class _IndexCache:
 
     def __init__(self) -> None:
         self.size = 0
+        self.reset()
+
+    def reset(self) -> None:
         self.values: Optional[torch.Tensor] = None
         self.filled: Optional[torch.Tensor] = None
         self.complete = False
@@ -267,6 +271,7 @@ class SALN(Callback):
         self._group_ids: Optional[torch.Tensor] = None  # [N] int64
         self._generators: dict[torch.device, torch.Generator] = {}
         self._moved: dict[int, torch.device] = {}
+        self._dataset_size = 0
 
     @property
     @override
@@ -305,12 +310,7 @@ class SALN(Callback):
                     f"SALN with {reason} calls `{type(pl_module).__name__}.{signature}`, which is not defined."
                     f" Define it on the LightningModule (see `lightning_balance.models.MLPClassifier`)."
                 )
-        size = len(datamodule.train_dataset)  # type: ignore[arg-type]
-        for cache in (self._feature_cache, self._reference_cache):
-            if cache.values is not None and cache.size != size:
-                rank_zero_warn(f"SALN's cached values cover {cache.size} samples, the training set {size}: dropped.")
-                cache.__init__()  # type: ignore[misc]
-            cache.size = size
+        self._dataset_size = len(datamodule.train_dataset)  # type: ignore[arg-type]
         if self.protect_groups_below is not None:
             counts = datamodule.group_counts
             self._protected = counts[datamodule.train_group_ids] < self.protect_groups_below
@@ -319,6 +319,15 @@ class SALN(Callback):
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Here rather than in `setup`: a checkpoint's caches are loaded between the two.
+        for cache in (self._feature_cache, self._reference_cache):
+            if cache.filled is not None and cache.size != self._dataset_size:
+                rank_zero_warn(
+                    f"SALN's cached features or reference losses cover {cache.size} samples but the training set has"
+                    f" {self._dataset_size}; they are recomputed."
+                )
+                cache.reset()
+            cache.size = self._dataset_size
         if callable(self.keep):
             total = trainer.estimated_stepping_batches
             if not math.isfinite(total):

@@ -1,4 +1,4 @@
-"""Functional forms of the package's metrics: plain functions of tensors, no state."""
+"""Functional forms of the package's metrics and batch scores: plain functions of tensors, no state."""
 
 from lightning_balance.functional.spectral import spectral_scores
 from lightning_balance.functional.tail_recall import long_tail_split, tail_recall

@@ -23,7 +23,8 @@ Conventions that make the scores well defined:
 
 * The cosine similarity of an all-zero vector with anything is 0; the graph has no self-loops.
 * The sign of an eigenvector is arbitrary; ``magnitude``, ``boundary`` and ``labels`` do not depend on it, and
-  ``signed`` makes the largest-magnitude entry positive.
+  ``signed`` makes the largest-magnitude entry positive (a perfectly symmetric batch, whose largest entries tie
+  with opposite signs, has no side that an order-free rule could prefer).
 * When the second-smallest eigenvalue is repeated (a disconnected graph, duplicated samples), the Fiedler
   vector is not unique. The trivial eigenvector is known in closed form (:math:`\mathbf{1}` or
   :math:`D^{1/2}\mathbf{1}`), so it is projected out of the eigenspace of the smallest eigenvalues, leaving the

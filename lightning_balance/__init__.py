@@ -3,10 +3,10 @@
 from lightning_balance.callbacks.saln import SALN
 from lightning_balance.callbacks.tail_recall_monitor import TailRecallMonitor
 from lightning_balance.datamodule import BalancedDataModule, IndexedBatch, balanced_loss
-from lightning_balance.sampler import GroupIndex, TemperatureSampler
-from lightning_balance.schedules import Constant, Cooldown, LinearRamp, resolve_temperature
 from lightning_balance.functional.spectral import spectral_scores
 from lightning_balance.functional.tail_recall import long_tail_split
+from lightning_balance.sampler import GroupIndex, TemperatureSampler
+from lightning_balance.schedules import Constant, Cooldown, LinearRamp, resolve_temperature
 from lightning_balance.tail_recall import TailRecall
 from lightning_balance.temperature import scalarization_variance_factor, scalarization_weights, temperature_probs
 from lightning_balance.weighting import weighted_mean
@@ -14,22 +14,22 @@ from lightning_balance.weighting import weighted_mean
 __version__ = "0.1.0"
 
 __all__ = [
+    "SALN",
     "BalancedDataModule",
-    "IndexedBatch",
-    "balanced_loss",
-    "long_tail_split",
-    "weighted_mean",
     "Constant",
     "Cooldown",
     "GroupIndex",
+    "IndexedBatch",
     "LinearRamp",
-    "SALN",
     "TailRecall",
     "TailRecallMonitor",
     "TemperatureSampler",
+    "balanced_loss",
+    "long_tail_split",
     "resolve_temperature",
     "scalarization_variance_factor",
     "scalarization_weights",
     "spectral_scores",
     "temperature_probs",
+    "weighted_mean",
 ]

@@ -24,6 +24,8 @@ class MyData(BalancedDataModule):
 
 
 class MyModel(pl.LightningModule):
+    """A linear classifier that reduces its per-sample loss with `balanced_loss`."""
+
     def __init__(self):
         super().__init__()
         self.net = torch.nn.Linear(16, 4)

@@ -364,7 +364,7 @@ class TemperatureSampler(DistributedSampler):
             changes.append((hi, at(hi)))
         segments: list[tuple[int, float]] = []
         bounds = [max(step * self.step_size, first) for step, _ in changes] + [last]
-        for (_, t), lo_sample, hi_sample in zip(changes, bounds[:-1], bounds[1:]):
+        for (_, t), lo_sample, hi_sample in zip(changes, bounds[:-1], bounds[1:], strict=True):
             if segments and segments[-1][1] == t:
                 segments[-1] = (segments[-1][0] + hi_sample - lo_sample, t)
             elif hi_sample > lo_sample:

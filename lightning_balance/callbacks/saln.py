@@ -127,6 +127,7 @@ class _IndexCache:
             self.values[missing] = fresh.to(self.values.dtype)
             self.filled[missing] = True
         self.complete = bool(self.filled.all())
+        assert self.values is not None  # filled on the first lookup: every index of a batch is computed
         return self.values[indices]
 
     def state_dict(self) -> dict[str, Any]:
@@ -398,6 +399,7 @@ class SALN(Callback):
             if self.method == "loss":
                 return loss
             reference = self.reference
+            assert reference is not None  # checked in setup for method="learnability"
 
             def reference_loss(pos: torch.Tensor) -> torch.Tensor:
                 out = self._call_frozen(reference, "per_sample_loss", indices.device, _take(batch, pos, b))
@@ -426,7 +428,7 @@ class SALN(Callback):
             if self.features == "embed":
                 out, source = pl_module.embed(batch), f"{type(pl_module).__name__}.embed"  # type: ignore[operator]
             else:
-                out, source = self.features(pl_module, batch), _describe(self.features)  # type: ignore[operator]
+                out, source = self.features(pl_module, batch), _describe(self.features)
         return self._check_features(out, b, source)
 
     def _select_inputs(self, batch: Any) -> torch.Tensor:

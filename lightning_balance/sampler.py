@@ -48,7 +48,8 @@ _COUNTS, _PASSES, _SHUFFLE = 0, 1, 2
 # million times costs a few hundred vectorised calls instead of one call per pass, while a group drawn a
 # few times does not pay for a large block.
 _PASS_BLOCK = 1 << 12
-# Group sizes are counted in chunks: np.bincount copies its input to int64, 8 bytes per example at once.
+# Group ids are counted and sorted in chunks of this many: np.bincount and np.argsort make int64 arrays of
+# their input's length, 8 bytes per example if run over all of it at once.
 _COUNT_CHUNK = 1 << 22
 # The schedule is evaluated on at most about this many blocks of steps per epoch (plus a bisection where the
 # temperature changes), which bounds the number of segments and so the planning cost of smooth schedules.
@@ -117,13 +118,26 @@ class GroupIndex:
         counts = np.zeros(num_groups, dtype=np.int64)
         for start in range(0, len(array), _COUNT_CHUNK):
             counts += np.bincount(array[start : start + _COUNT_CHUNK], minlength=num_groups)
-        # A 16-bit key makes numpy's stable sort a radix sort: O(N) instead of O(N log N).
-        key = array.astype(np.uint16, copy=False) if num_groups <= 1 << 16 else array
-        order = np.argsort(key, kind="stable")
-        self.order = torch.from_numpy(order.astype(np.int32 if len(array) < 2**31 else np.int64, copy=False))
-        self.counts = torch.from_numpy(counts.astype(np.int64))
-        self.offsets = torch.zeros(num_groups + 1, dtype=torch.int64)
-        self.offsets[1:] = torch.cumsum(self.counts, 0)
+        offsets = np.zeros(num_groups + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum(counts)
+        # A counting sort, one chunk at a time: numpy's argsort returns int64 indices, so sorting all N ids at once
+        # would hold 8 bytes per example on top of the 4-byte result.
+        order = np.empty(len(array), dtype=np.int32 if len(array) < 2**31 else np.int64)
+        fill = offsets[:-1].copy()
+        for start in range(0, len(array), _COUNT_CHUNK):
+            chunk = array[start : start + _COUNT_CHUNK]
+            # A 16-bit key makes numpy's stable sort a radix sort: O(n) instead of O(n log n).
+            key = chunk.astype(np.uint16, copy=False) if num_groups <= 1 << 16 else chunk
+            local = np.argsort(key, kind="stable")
+            chunk_counts = np.bincount(chunk, minlength=num_groups)
+            bounds = np.concatenate([[0], np.cumsum(chunk_counts)])
+            for g in np.flatnonzero(chunk_counts):
+                block = local[bounds[g] : bounds[g + 1]]
+                order[fill[g] : fill[g] + len(block)] = block + start
+                fill[g] += len(block)
+        self.order = torch.from_numpy(order)
+        self.counts = torch.from_numpy(counts)
+        self.offsets = torch.from_numpy(offsets)
 
     def __len__(self) -> int:
         return len(self.order)

@@ -85,6 +85,14 @@ class _ResumableDataLoader(DataLoader):
         super().__init__(*args, **kwargs)
         self.datamodule = datamodule
 
+    def __iter__(self) -> Any:
+        # Every epoch starts where training stopped in the run's sample stream, whatever the Trainer's epoch
+        # counter says (see `TemperatureSampler.set_position`).
+        position = self.datamodule.trained_samples()
+        if position is not None and isinstance(self.sampler, TemperatureSampler):
+            self.sampler.set_position(position)
+        return super().__iter__()
+
     def state_dict(self) -> dict[str, Any]:
         return self.datamodule.state_dict().get("sampler", {})
 
@@ -382,6 +390,18 @@ class BalancedDataModule(LightningDataModule):
         if module is not None and is_overridden("on_after_batch_transfer", module, LightningModule):
             batch = module.on_after_batch_transfer(batch, dataloader_idx)
         return batch
+
+    def trained_samples(self) -> Optional[int]:
+        """Global samples the training steps so far have drawn from the sampler, from the Trainer's progress.
+
+        The count comes from the batches whose training step has run, not from the DataLoader, which runs ahead
+        when it prefetches. ``None`` outside a Trainer.
+        """
+        trainer = self.trainer
+        if trainer is None or self.sampler is None:
+            return None
+        processed = trainer.fit_loop.epoch_loop.batch_progress.total.processed
+        return processed * self.batch_size * self.sampler.num_replicas
 
     def state_dict(self) -> dict[str, Any]:
         """The sampler's place: epoch and exact number of samples trained on in it, from the Trainer."""

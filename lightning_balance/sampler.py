@@ -218,6 +218,8 @@ class TemperatureSampler(DistributedSampler):
         self.step_size = _positive_int(step_size, "step_size")
         self.epoch = 0
         self._resume: Optional[tuple[int, int]] = None  # (epoch, global samples already consumed)
+        self._position: Optional[int] = None  # global stream position of the next iterator, if set
+        self._streaming = False  # whether the current iterator was started by `set_position`
         self._start = 0
         self._done = 0
         self._live: Optional[tuple[int, Iterator[int]]] = None
@@ -243,16 +245,39 @@ class TemperatureSampler(DistributedSampler):
             return self.num_samples // self.num_replicas
         return math.ceil(self.num_samples / self.num_replicas)
 
+    def set_position(self, position: int) -> None:
+        """Start the next iterator at global sample ``position`` of the whole run's stream.
+
+        The stream is every epoch's plan back to back; ``position`` counts the global samples already trained
+        on since the start of training. The next iterator yields one epoch's worth of samples from there,
+        crossing into the next epoch's plan when it has to, and ignores :meth:`set_epoch`. This is how
+        :class:`~lightning_balance.BalancedDataModule` keeps the stream exact whatever the Trainer's epochs do:
+        a mid-epoch resume, ``limit_train_batches``, or the extra batch Lightning trains when it resumes from a
+        checkpoint saved at the end of an epoch.
+        """
+        if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or position < 0:
+            raise ValueError(f"Expected argument `position` to be a non-negative integer, but got {position!r}.")
+        self._position = int(position)
+
     def __iter__(self) -> Iterator[int]:
-        plan = self.epoch_plan(self.epoch)
-        start = 0
-        if self._resume is not None:
-            resume_epoch, consumed = self._resume
+        if self._position is not None:
+            epoch, start = divmod(self._position, self.num_samples)
+            self._position = None
             self._resume = None
-            if resume_epoch == self.epoch:
-                start = consumed
-        local = self._rank_slice(plan, start)
-        del plan
+            self._streaming = True
+            self.epoch = epoch
+            local = self._window(epoch, start)[self.rank :: self.num_replicas]
+        else:
+            self._streaming = False
+            plan = self.epoch_plan(self.epoch)
+            start = 0
+            if self._resume is not None:
+                resume_epoch, consumed = self._resume
+                self._resume = None
+                if resume_epoch == self.epoch:
+                    start = consumed
+            local = self._rank_slice(plan, start)
+            del plan
         self._start = start
         self._done = 0
         for chunk in local.split(_YIELD_CHUNK):
@@ -279,9 +304,12 @@ class TemperatureSampler(DistributedSampler):
         the loader prefetches, so this over-counts what the model has seen; :class:`BalancedDataModule`
         replaces it with the exact count from the Trainer's progress.
         """
-        consumed = self._start + self._yielded * self.num_replicas
+        epoch, consumed = self.epoch, self._start + self._yielded * self.num_replicas
+        if self._streaming:
+            # A streaming iterator may have crossed into the next epoch's plan.
+            epoch, consumed = divmod(epoch * self.num_samples + consumed, self.num_samples)
         return {
-            "epoch": self.epoch,
+            "epoch": epoch,
             "consumed": consumed,
             "seed": self.seed,
             "num_samples": self.num_samples,
@@ -427,6 +455,17 @@ class TemperatureSampler(DistributedSampler):
             position = base + min(end - base, block_len)
         local_positions = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
         return torch.index_select(self.index.members(group), 0, local_positions)
+
+    def _window(self, epoch: int, start: int) -> torch.Tensor:
+        """One epoch's worth of the global stream (``len(self)`` per rank) from ``start`` of ``epoch``'s plan."""
+        needed = len(self) * self.num_replicas
+        pieces = [self.epoch_plan(epoch)[start:]]
+        available = len(pieces[0])
+        while available < needed:
+            epoch += 1
+            pieces.append(self.epoch_plan(epoch))
+            available += len(pieces[-1])
+        return torch.cat(pieces)[:needed] if len(pieces) > 1 else pieces[0][:needed]
 
     def _rank_slice(self, plan: torch.Tensor, start: int) -> torch.Tensor:
         """This rank's share of ``plan[start:]``, padded or trimmed to the same length on every rank."""

@@ -54,3 +54,34 @@ def test_checkpoint_holds_plain_sampler_state(tmp_path):
     state = torch.load(path, weights_only=False)["ToyData"]["sampler"]
     assert state == {"epoch": 0, "consumed": 13 * 8, "seed": 4, "num_samples": 160, "num_examples": 376,
                      "strategy": "upsample"}
+
+
+@pytest.mark.parametrize("checkpoint", [
+    dict(every_n_train_steps=20),  # saved after the last batch of epoch 0
+    dict(every_n_epochs=1),  # saved when the epoch ends
+])
+def test_resume_from_an_epoch_boundary(tmp_path, checkpoint):
+    def run(path, ckpt_path=None, callbacks=()):
+        recorder = RecordIndices()
+        dm = ToyData(strategy="upsample", temperature=Cooldown(5.0, 1.0, 0.5), batch_size=8, samples_per_epoch=160,
+                     num_workers=0, seed=4)
+        torch.manual_seed(0)
+        trainer(max_steps=STEPS, callbacks=[recorder, *callbacks], enable_checkpointing=bool(callbacks),
+                default_root_dir=path).fit(ToyModel(), dm, ckpt_path=ckpt_path)
+        return recorder
+
+    full = run(tmp_path, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, **checkpoint)])
+    first = sorted(glob.glob(os.path.join(tmp_path, "*.ckpt")))[0]
+    assert "step=20" in first
+    resumed = run(tmp_path / "resumed", ckpt_path=first)
+    assert resumed.steps == full.steps[20:]
+    assert resumed.temperatures == full.temperatures[20:]
+
+
+def test_limited_epochs_continue_the_stream_instead_of_skipping_it():
+    # With limit_train_batches, every epoch starts where the previous one stopped in the run's stream.
+    recorder = RecordIndices()
+    dm = ToyData(strategy="upsample", temperature=5.0, batch_size=8, samples_per_epoch=160, seed=4)
+    trainer(max_epochs=3, limit_train_batches=5, callbacks=[recorder]).fit(ToyModel(), dm)
+    reference = dm.sampler.epoch_plan(0).tolist()
+    assert [i for step in recorder.steps for i in step] == reference[:120]

@@ -256,3 +256,36 @@ def test_smooth_schedule_is_planned_in_bounded_segments():
     temperatures = [t for _, t in segments]
     assert temperatures == sorted(temperatures, reverse=True) and temperatures[0] == 10.0
     assert temperatures[-1] == pytest.approx(1.0, abs=2 * 9 / 1024)  # held for at most two blocks
+
+
+@pytest.mark.parametrize("position", [0, 250, 999, 1000, 2345])
+@pytest.mark.parametrize("replicas", [1, 2, 3])
+def test_set_position_reads_the_stream_of_plans_back_to_back(position, replicas):
+    groups = _groups(SIZES)
+    reference = TemperatureSampler(groups, 5.0, num_samples=1000, seed=6)
+    stream = torch.cat([reference.epoch_plan(e) for e in range(5)]).tolist()
+    per_rank = -(-1000 // replicas)
+    ranks = []
+    for r in range(replicas):
+        sampler = TemperatureSampler(groups, 5.0, num_samples=1000, seed=6, num_replicas=replicas, rank=r)
+        sampler.set_epoch(7)  # ignored: the position decides
+        sampler.set_position(position)
+        ranks.append(list(sampler))
+    assert all(len(indices) == per_rank for indices in ranks)
+    interleaved = [ranks[r][i] for i in range(per_rank) for r in range(replicas)]
+    assert interleaved == stream[position : position + per_rank * replicas]
+
+
+def test_state_dict_of_a_streaming_iterator_that_crossed_an_epoch():
+    groups = _groups(SIZES)
+    sampler = TemperatureSampler(groups, 5.0, num_samples=1000, seed=6)
+    sampler.set_position(900)
+    iterator = iter(sampler)
+    for _ in range(150):
+        next(iterator)
+    assert {k: sampler.state_dict()[k] for k in ("epoch", "consumed")} == {"epoch": 1, "consumed": 50}
+
+
+def test_set_position_validates():
+    with pytest.raises(ValueError, match="`position` to be a non-negative integer"):
+        TemperatureSampler([0, 1]).set_position(-1)

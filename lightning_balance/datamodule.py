@@ -400,7 +400,7 @@ class BalancedDataModule(LightningDataModule):
         trainer = self.trainer
         if trainer is None or self.sampler is None:
             return None
-        processed = trainer.fit_loop.epoch_loop.batch_progress.total.processed
+        processed = trainer.fit_loop.epoch_loop.batch_progress.total.processed  # type: ignore[attr-defined]
         return processed * self.batch_size * self.sampler.num_replicas
 
     def state_dict(self) -> dict[str, Any]:

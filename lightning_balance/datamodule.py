@@ -202,7 +202,8 @@ class BalancedDataModule(LightningDataModule):
         self.sampler: Optional[TemperatureSampler] = None
         self._group_index: Optional[GroupIndex] = None
         self._group_ids: Optional[torch.Tensor] = None
-        self._horizon_steps: Optional[int] = None
+        self._horizon_samples: Optional[int] = None  # global samples over the whole run, for schedules
+        self._resume_base = (0, 0)  # (stream position, Trainer's processed batches) at the restored checkpoint
         self._pending_sampler_state: Optional[dict[str, Any]] = None
         self._batch_groups: Optional[torch.Tensor] = None
         self._weights_cache: dict[float, torch.Tensor] = {}
@@ -258,18 +259,20 @@ class BalancedDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------ temperature and weights
     def current_progress(self) -> float:
-        """Fraction of training done, from the Trainer's optimizer steps (0 before training)."""
-        trainer = self.trainer
-        if trainer is None or self._horizon_steps is None:
+        """Fraction of training done: samples trained on over the run's total (0 before training).
+
+        The sampler measures progress the same way, so a batch's samples are drawn, and its loss weighted, at
+        the same temperature.
+        """
+        position = self.trained_samples()
+        if position is None or self._horizon_samples is None:
             return 0.0
-        return min(trainer.global_step / self._horizon_steps, 1.0)
+        return min(position / self._horizon_samples, 1.0)
 
     def current_temperature(self) -> float:
         """The temperature in force now (1 under ``natural``)."""
         if self.strategy == "natural":
             return 1.0
-        if is_schedule(self.temperature) and self._horizon_steps is None and self.trainer is not None:
-            self._horizon_steps = self._resolve_horizon_steps()
         return resolve_temperature(self.temperature, self.current_progress())
 
     def loss_weights(self) -> torch.Tensor:
@@ -313,12 +316,9 @@ class BalancedDataModule(LightningDataModule):
                 " processes). Lower `batch_size` or raise `samples_per_epoch`."
             )
         sampler_temperature = self.temperature if self.strategy == "upsample" else 1.0
-        accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
-        step_size = global_batch * accumulate
         total_samples = None
-        if is_schedule(sampler_temperature) or (self.strategy == "upweight" and is_schedule(self.temperature)):
-            self._horizon_steps = self._resolve_horizon_steps(num_samples)
-            total_samples = self._horizon_steps * step_size
+        if self.strategy != "natural" and is_schedule(self.temperature):
+            self._horizon_samples = total_samples = self._resolve_horizon_batches(num_samples) * global_batch
         self.sampler = TemperatureSampler(
             group_index,
             sampler_temperature,
@@ -327,7 +327,8 @@ class BalancedDataModule(LightningDataModule):
             rank=rank,
             seed=self.seed,
             total_samples=total_samples,
-            step_size=step_size,
+            # The schedule is read once per batch, so no batch mixes two temperatures.
+            step_size=global_batch,
         )
         if self._pending_sampler_state is not None:
             self.sampler.load_state_dict(self._pending_sampler_state)
@@ -398,22 +399,27 @@ class BalancedDataModule(LightningDataModule):
         when it prefetches. ``None`` outside a Trainer.
         """
         trainer = self.trainer
-        if trainer is None or self.sampler is None:
+        if trainer is None:
             return None
+        world, _ = self._world()
         processed = trainer.fit_loop.epoch_loop.batch_progress.total.processed  # type: ignore[attr-defined]
-        return processed * self.batch_size * self.sampler.num_replicas
+        # Batches since the restored checkpoint count at today's global batch, earlier ones at the saved position,
+        # so resuming on another number of processes continues the same stream.
+        position, processed_at_resume = self._resume_base
+        return position + (processed - processed_at_resume) * self.batch_size * world
 
     def state_dict(self) -> dict[str, Any]:
-        """The sampler's place: epoch and exact number of samples trained on in it, from the Trainer."""
+        """The sampler's place in the run's stream, from the Trainer's progress (plain values)."""
         if self.sampler is None:
             return {}
         state = self.sampler.state_dict()
-        trainer = self.trainer
-        if trainer is not None:
+        position = self.trained_samples()
+        if position is not None:
             # The sampler's own count runs ahead of training when DataLoader workers prefetch; the Trainer's
             # progress counts the batches whose training step has run.
-            processed = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # type: ignore[attr-defined]
-            state["consumed"] = processed * self.batch_size * self.sampler.num_replicas
+            state["epoch"], state["consumed"] = divmod(position, self.sampler.num_samples)
+            state["position"] = position
+            state["processed"] = self.trainer.fit_loop.epoch_loop.batch_progress.total.processed  # type: ignore
         state["strategy"] = self.strategy
         return {"sampler": state}
 
@@ -428,6 +434,7 @@ class BalancedDataModule(LightningDataModule):
                 f"Resuming a run trained with strategy={saved_strategy!r} under strategy={self.strategy!r}:"
                 " the sampler's position is kept, but the sample stream differs from the original run."
             )
+        self._resume_base = (int(sampler_state.get("position", 0)), int(sampler_state.get("processed", 0)))
         if self.sampler is not None:
             self.sampler.load_state_dict(sampler_state)
         else:
@@ -448,11 +455,12 @@ class BalancedDataModule(LightningDataModule):
             )
         return self.train_dataset
 
-    def _resolve_horizon_steps(self, num_samples: Optional[int] = None) -> int:
-        """Optimizer steps in the whole run, from ``total_steps`` or the Trainer's limits."""
-        if self.total_steps is not None:
-            return self.total_steps
+    def _resolve_horizon_batches(self, num_samples: int) -> int:
+        """Training batches in the whole run, from ``total_steps`` or the Trainer's limits."""
         trainer = self.trainer
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+        if self.total_steps is not None:
+            return self.total_steps * accumulate
         fix = (
             "A temperature schedule needs the length of training: set `Trainer(max_steps=...)` or"
             " `Trainer(max_epochs=...)`, or pass `total_steps=` to the DataModule."
@@ -460,24 +468,34 @@ class BalancedDataModule(LightningDataModule):
         if trainer is None:
             raise ValueError(fix)
         world, _ = self._world()
-        if num_samples is None:
-            requested = self.samples_per_epoch or len(self._require_train_dataset())  # type: ignore[arg-type]
-            num_samples = requested - requested % (self.batch_size * world)
         batches = num_samples // (self.batch_size * world)
         limit = trainer.limit_train_batches
         if isinstance(limit, int):
             batches = min(batches, limit)
         elif limit is not None:
             batches = int(batches * float(limit))
-        steps_per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+        batches = max(batches, 1)
+        # Lightning closes an accumulation window at the end of every epoch.
+        steps_per_epoch = math.ceil(batches / accumulate)
         max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else None
         max_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
         if max_epochs is None and max_steps is None:
             raise ValueError(fix + f" Got max_steps={trainer.max_steps}, max_epochs={trainer.max_epochs}.")
-        candidates = [s for s in (max_steps, None if max_epochs is None else max_epochs * steps_per_epoch) if s]
-        steps = min(candidates)
-        rank_zero_info(f"Temperature schedule runs over {steps} optimizer steps ({steps_per_epoch} per epoch).")
-        return steps
+        if max_steps is None and max_epochs == 1000:
+            rank_zero_warn(
+                "The temperature schedule spans 1000 epochs, Lightning's default when neither `max_epochs` nor"
+                " `max_steps` is set. Set one of them (or `total_steps=` on the DataModule) so the schedule runs"
+                " over the training you intend."
+            )
+        candidates = []
+        if max_epochs is not None:
+            candidates.append(max_epochs * batches)
+        if max_steps is not None:
+            full_epochs, rest = divmod(max_steps, steps_per_epoch)
+            candidates.append(full_epochs * batches + min(rest * accumulate, batches))
+        total = min(candidates)
+        rank_zero_info(f"Temperature schedule runs over {total} training batches ({batches} per epoch).")
+        return total
 
 
 def balanced_loss(

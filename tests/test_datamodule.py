@@ -228,3 +228,38 @@ def test_validation_loss_is_unweighted_and_module_hook_still_runs():
     trainer(max_epochs=1, limit_val_batches=1).fit(Model(), dm)
     assert seen["val"][0] == pytest.approx(seen["val"][1])
     assert seen["calls"] == 3  # two training batches and one validation batch
+
+
+def test_schedule_with_gradient_accumulation_switches_sampler_and_weights_together():
+    # 10 batches per epoch, 3 batches per optimizer step (Lightning closes a window at every epoch end).
+    dm = _two_group_data(strategy="upsample", temperature=Cooldown(float("inf"), 1.0, 0.5), batch_size=100)
+    recorder = RecordIndices()
+    trainer(max_epochs=4, accumulate_grad_batches=3, callbacks=[recorder]).fit(ToyModel(num_classes=2), dm)
+    y = dm.train_dataset.tensors[1]
+    tail_per_batch = [int(y[s].sum()) for s in recorder.steps]
+    assert len(tail_per_batch) == 40
+    # The sampler and the DataModule agree on the batch where the temperature changes.
+    assert recorder.temperatures.index(1.0) == 20
+    assert min(tail_per_batch[:20]) >= 30 and max(tail_per_batch[20:]) <= 3
+
+
+def test_horizon_from_max_steps_with_accumulation():
+    dm = _two_group_data(strategy="upweight", temperature=Cooldown(5.0, 1.0, 0.5), batch_size=100)
+    recorder = RecordIndices()
+    # 4 steps per epoch (3 + 3 + 3 + 1 batches); 6 steps = one epoch (10 batches) and two more steps (6 batches).
+    trainer(max_steps=6, accumulate_grad_batches=3, callbacks=[recorder]).fit(ToyModel(num_classes=2), dm)
+    assert len(recorder.temperatures) == 16
+    assert recorder.temperatures == [5.0] * 8 + [1.0] * 8
+
+
+def test_schedule_over_lightnings_default_epochs_warns():
+    import lightning.pytorch as pl
+
+    class StopAtOnce(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            trainer.should_stop = True
+
+    dm = _two_group_data(strategy="upsample", temperature=Cooldown(), batch_size=500)
+    with pytest.warns(UserWarning, match="spans 1000 epochs"):
+        trainer(callbacks=[StopAtOnce()]).fit(ToyModel(num_classes=2), dm)  # Lightning's default of 1000 epochs
+    assert dm.sampler.total_samples == 1000 * 1000

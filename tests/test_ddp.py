@@ -10,11 +10,12 @@ import pytest
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "train_ddp.py")
 
 
-def _launch(out, devices, batch_size):
+def _launch(out, devices, batch_size, *extra):
     out.mkdir()
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(
-        [sys.executable, SCRIPT, "--out", str(out), "--devices", str(devices), "--batch-size", str(batch_size)],
+        [sys.executable, SCRIPT, "--out", str(out), "--devices", str(devices), "--batch-size", str(batch_size),
+         *extra],
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -40,3 +41,17 @@ def test_ddp_ranks_partition_the_single_process_sequence(tmp_path):
     # The Cooldown switch lands on the same optimizer step in both runs.
     assert ranks[0]["temperatures"] == ranks[1]["temperatures"] == single["temperatures"]
     assert ranks[0]["temperatures"].index(1.0) == 30
+
+
+@pytest.mark.ddp
+def test_resume_on_two_processes_continues_a_one_process_stream(tmp_path):
+    # One process, batch 8, checkpoint after 13 steps (104 samples); resume on two processes with batch 8 each.
+    (single,) = _launch(tmp_path / "single", 1, 8, "--max-steps", "60", "--save-every", "13")
+    checkpoint = tmp_path / "single" / "epoch=0-step=13.ckpt"
+    assert checkpoint.exists()
+    ranks = _launch(tmp_path / "resumed", 2, 8, "--max-steps", "30", "--resume", str(checkpoint))
+    assert len(ranks[0]["steps"]) == len(ranks[1]["steps"]) == 30 - 13
+    flat = [[i for step in rank["steps"] for i in step] for rank in ranks]
+    resumed = [flat[r][i] for i in range(len(flat[0])) for r in range(2)]
+    stream = [i for step in single["steps"] for i in step]
+    assert resumed == stream[104 : 104 + len(resumed)]

@@ -52,8 +52,8 @@ def test_checkpoint_holds_plain_sampler_state(tmp_path):
     _run(tmp_path, "upsample", 5.0, save_every=13, num_workers=0)
     path = sorted(glob.glob(os.path.join(tmp_path, "*.ckpt")))[0]
     state = torch.load(path, weights_only=False)["ToyData"]["sampler"]
-    assert state == {"epoch": 0, "consumed": 13 * 8, "seed": 4, "num_samples": 160, "num_examples": 376,
-                     "strategy": "upsample"}
+    assert state == {"epoch": 0, "consumed": 13 * 8, "position": 13 * 8, "processed": 13, "seed": 4,
+                     "num_samples": 160, "num_examples": 376, "strategy": "upsample"}
 
 
 @pytest.mark.parametrize("checkpoint", [

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -376,8 +376,9 @@ class TemperatureSampler(DistributedSampler):
         """``(length, temperature)`` runs of constant temperature covering the epoch, in order.
 
         With more steps in the epoch than ``_MAX_SCHEDULE_BLOCKS``, the schedule is read once per block of steps,
-        and where two blocks differ a bisection finds the first step of the new value. A step schedule such as
-        Cooldown therefore still switches on its exact step; a smooth ramp is held constant within each block.
+        and where two blocks differ a bisection finds the steps where the value changes. A step schedule such as
+        Cooldown therefore still switches on its exact step (up to two changes per block are placed exactly); a
+        smooth ramp is held constant over stretches of at most a block.
         """
         total_steps = self._progress_steps()
         if total_steps is None:
@@ -390,20 +391,23 @@ class TemperatureSampler(DistributedSampler):
             return resolve_temperature(self.temperature, step / total_steps)
 
         stride = max(1, math.ceil((step_hi - step_lo) / _MAX_SCHEDULE_BLOCKS))
-        starts = list(range(step_lo, step_hi, stride))
+        # Probe every block start and the epoch's last step. Between two probes that differ, bisect for the first
+        # step that leaves the old value and for the first step that holds the new one: one or two changes per
+        # block land on their exact steps, and a smooth schedule costs at most three segments per block.
+        probes = list(range(step_lo, step_hi, stride))
+        if probes[-1] != step_hi - 1:
+            probes.append(step_hi - 1)
         changes = [(step_lo, at(step_lo))]
-        for block_start in starts[1:]:
-            value = at(block_start)
-            if value == changes[-1][1]:
-                continue
-            lo, hi = max(block_start - stride, changes[-1][0]), block_start  # at(lo) is the old value
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if at(mid) == changes[-1][1]:
-                    lo = mid
-                else:
-                    hi = mid
-            changes.append((hi, at(hi)))
+        previous = step_lo
+        for probe in probes[1:]:
+            target = at(probe)
+            old = changes[-1][1]
+            if old != target:
+                left = _first_step(at, max(previous, changes[-1][0]), probe, lambda v, old=old: v != old)
+                changes.append((left, at(left)))
+                if changes[-1][1] != target:
+                    changes.append((_first_step(at, left, probe, lambda v, new=target: v == new), target))
+            previous = probe
         segments: list[tuple[int, float]] = []
         bounds = [max(step * self.step_size, first) for step, _ in changes] + [last]
         for (_, t), lo_sample, hi_sample in zip(changes, bounds[:-1], bounds[1:], strict=True):
@@ -479,6 +483,20 @@ class TemperatureSampler(DistributedSampler):
             repeats = math.ceil(pad / len(plan))
             remaining = torch.cat([remaining, plan.repeat(repeats)[:pad]])
         return remaining[self.rank :: replicas]
+
+
+def _first_step(at: Callable[[int], float], lo: int, hi: int, reached: Callable[[float], bool]) -> int:
+    """The first step in ``(lo, hi]`` whose value is ``reached``, by bisection; ``at(hi)`` must be reached.
+
+    Exact when ``reached`` holds from some step on, as it does for a schedule that changes once in the range.
+    """
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if reached(at(mid)):
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def _positive_int(value: Any, name: str) -> int:

@@ -252,7 +252,7 @@ def test_smooth_schedule_is_planned_in_bounded_segments():
     sampler = TemperatureSampler(groups, LinearRamp(10.0, 1.0), num_samples=m, total_samples=m, seed=4)
     segments = sampler._segments(0)
     assert sum(length for length, _ in segments) == m
-    assert len(segments) <= 2 * 1024
+    assert len(segments) <= 3 * 1024 + 1  # at most three per block, as documented
     temperatures = [t for _, t in segments]
     assert temperatures == sorted(temperatures, reverse=True) and temperatures[0] == 10.0
     assert temperatures[-1] == pytest.approx(1.0, abs=2 * 9 / 1024)  # held for at most two blocks
@@ -289,3 +289,47 @@ def test_state_dict_of_a_streaming_iterator_that_crossed_an_epoch():
 def test_set_position_validates():
     with pytest.raises(ValueError, match="`position` to be a non-negative integer"):
         TemperatureSampler([0, 1]).set_position(-1)
+
+
+def _brute_segments(schedule, num_samples, total_steps, step_size, epoch):
+    """Per-step evaluation merged into runs: the reference for `_segments`."""
+    segments = []
+    for position in range(epoch * num_samples, (epoch + 1) * num_samples):
+        t = schedule((position // step_size) / total_steps)
+        if segments and segments[-1][1] == t:
+            segments[-1][0] += 1
+        else:
+            segments.append([1, t])
+    return [tuple(s) for s in segments]
+
+
+class _Steps:
+    """A piecewise-constant schedule with the given switch points (fractions of training)."""
+
+    def __init__(self, switches, values):
+        self.switches, self.values = switches, values
+
+    def __call__(self, progress):
+        return self.values[sum(progress >= s for s in self.switches)]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_segments_match_per_step_evaluation(seed):
+    rng = np.random.default_rng(seed)
+    total_steps = int(rng.integers(2000, 6000))
+    step_size = int(rng.integers(1, 3))
+    num_samples = total_steps * step_size // 2  # two epochs
+    # At most two switches close together, often inside one block of about total_steps / 2 / 1024 steps.
+    first = rng.uniform(0.0, 1.0)
+    switches = sorted({first, min(first + rng.uniform(0, 0.003), 0.9999)})
+    schedule = _Steps(switches, [5.0, 2.0, 1.0][: len(switches) + 1])
+    sampler = TemperatureSampler(np.arange(4) % 2, schedule, num_samples=num_samples,
+                                 total_samples=total_steps * step_size, step_size=step_size)
+    for epoch in (0, 1):
+        assert sampler._segments(epoch) == _brute_segments(schedule, num_samples, total_steps, step_size, epoch)
+
+
+def test_switch_in_the_last_block_of_an_epoch():
+    m = 200_000
+    sampler = TemperatureSampler([0, 1], Cooldown(float("inf"), 1.0, 199_950 / m), num_samples=m, total_samples=m)
+    assert sampler._segments(0) == [(199_950, float("inf")), (50, 1.0)]

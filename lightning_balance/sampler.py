@@ -25,6 +25,7 @@ replicas, and memory stays at a few integers per example (no float weight per ex
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Callable, Iterator, Sequence
@@ -403,10 +404,10 @@ class TemperatureSampler(DistributedSampler):
             target = at(probe)
             old = changes[-1][1]
             if old != target:
-                left = _first_step(at, max(previous, changes[-1][0]), probe, lambda v, old=old: v != old)
+                left = _first_step(at, max(previous, changes[-1][0]), probe, functools.partial(operator.ne, old))
                 changes.append((left, at(left)))
                 if changes[-1][1] != target:
-                    changes.append((_first_step(at, left, probe, lambda v, new=target: v == new), target))
+                    changes.append((_first_step(at, left, probe, functools.partial(operator.eq, target)), target))
             previous = probe
         segments: list[tuple[int, float]] = []
         bounds = [max(step * self.step_size, first) for step, _ in changes] + [last]

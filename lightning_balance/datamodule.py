@@ -180,6 +180,8 @@ class BalancedDataModule(LightningDataModule):
                             ("total_steps", total_steps), ("val_batch_size", val_batch_size)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"Expected argument `{name}` to be a positive integer, but got {value!r}.")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"Expected argument `seed` to be a non-negative integer, but got {seed!r}.")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"Expected argument `num_workers` to be a non-negative integer, but got {num_workers!r}.")
         self.strategy: Strategy = strategy

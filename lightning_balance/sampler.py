@@ -112,6 +112,12 @@ class GroupIndex:
     def __init__(self, groups: GroupsLike, num_groups: Optional[int] = None) -> None:
         array = _as_group_array(groups)
         high = int(array.max())
+        if high >= max(4 * len(array), 1 << 20):
+            raise ValueError(
+                f"`groups` holds ids up to {high} for {len(array)} examples; ids index a table of group sizes, so"
+                " they must be small consecutive integers. Remap them first, e.g."
+                " `groups = np.unique(groups, return_inverse=True)[1]`."
+            )
         if num_groups is None:
             num_groups = high + 1
         elif high >= num_groups:
@@ -212,6 +218,8 @@ class TemperatureSampler(DistributedSampler):
         self.temperature = temperature
         self.num_samples = len(self.index) if num_samples is None else _positive_int(num_samples, "num_samples")
         self.num_replicas, self.rank = _resolve_world(num_replicas, rank)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"Expected argument `seed` to be a non-negative integer, but got {seed!r}.")
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
         self.shuffle = True
@@ -239,6 +247,8 @@ class TemperatureSampler(DistributedSampler):
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose plan the next iterator yields (Lightning calls it before every epoch)."""
         self.epoch = int(epoch)
+        # Nothing of the new epoch has been handed out yet: a state dict taken now must say so.
+        self._start, self._done, self._live, self._streaming = 0, 0, None, False
 
     def __len__(self) -> int:
         """Samples this rank yields in a full epoch (a resumed epoch yields only what remains of it)."""

@@ -11,6 +11,7 @@ by ``class_path``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Union
 
@@ -59,7 +60,7 @@ class Cooldown:
     def __init__(self, start: float = 5.0, end: float = 1.0, at: float = 0.5) -> None:
         self.start = _validate_temperature(start, "start")
         self.end = _validate_temperature(end, "end")
-        if isinstance(at, bool) or not isinstance(at, (int, float)) or math.isnan(at) or not 0.0 <= at <= 1.0:
+        if isinstance(at, bool) or not isinstance(at, numbers.Real) or math.isnan(at) or not 0.0 <= at <= 1.0:
             raise ValueError(
                 f"Expected argument `at` to be the fraction of training in [0, 1] at which to switch, but got {at!r}."
             )
@@ -88,7 +89,10 @@ class LinearRamp:
             raise ValueError(
                 "`LinearRamp` needs finite `start` and `end` temperatures; use `Cooldown` for a step to inf."
             )
-        if not 0.0 <= begin < finish <= 1.0:
+        if (
+            any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in (begin, finish))
+            or not 0.0 <= begin < finish <= 1.0
+        ):
             raise ValueError(
                 f"Expected 0 <= `begin` < `finish` <= 1 (fractions of training), but got begin={begin!r},"
                 f" finish={finish!r}."

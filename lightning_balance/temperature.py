@@ -94,7 +94,9 @@ def temperature_probs(counts: CountsLike, temperature: float) -> torch.Tensor:
     nonempty = n > 0
     # Work in log space: n_i ** (1/T) overflows for large n at small T, and the softmax is exact there.
     logits = torch.full_like(n, -math.inf)
-    logits[nonempty] = torch.log(n[nonempty]) / t
+    # Shifting by the largest log-size keeps a tiny T from turning log(n) / T into inf - inf.
+    log_n = torch.log(n[nonempty])
+    logits[nonempty] = (log_n - log_n.max()) / t
     return torch.softmax(logits, dim=0)
 
 

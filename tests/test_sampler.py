@@ -333,3 +333,25 @@ def test_switch_in_the_last_block_of_an_epoch():
     m = 200_000
     sampler = TemperatureSampler([0, 1], Cooldown(float("inf"), 1.0, 199_950 / m), num_samples=m, total_samples=m)
     assert sampler._segments(0) == [(199_950, float("inf")), (50, 1.0)]
+
+
+def test_state_dict_after_set_epoch_starts_the_new_epoch_at_zero():
+    groups = _groups(SIZES)
+    sampler = TemperatureSampler(groups, 5.0, num_samples=100)
+    list(sampler)
+    sampler.set_epoch(1)
+    state = sampler.state_dict()
+    assert (state["epoch"], state["consumed"]) == (1, 0)
+    resumed = TemperatureSampler(groups, 5.0, num_samples=100)
+    resumed.load_state_dict(state)
+    assert list(resumed) == list(sampler)
+
+
+def test_sparse_group_ids_are_rejected_before_allocating():
+    with pytest.raises(ValueError, match="np.unique"):
+        GroupIndex([0, 10**9])
+
+
+def test_negative_seed():
+    with pytest.raises(ValueError, match="`seed` to be a non-negative integer"):
+        TemperatureSampler([0, 1], seed=-1)

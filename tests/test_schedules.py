@@ -53,3 +53,14 @@ def test_cooldown_validates(kwargs, match):
 def test_ramp_validates():
     with pytest.raises(ValueError, match="`begin` < `finish`"):
         LinearRamp(begin=0.8, finish=0.2)
+
+
+def test_numpy_scalars_are_accepted():
+    import numpy as np
+
+    assert Cooldown(at=np.float32(0.5))(0.6) == 1.0
+
+
+def test_ramp_rejects_non_numbers():
+    with pytest.raises(ValueError, match="`begin` < `finish`"):
+        LinearRamp(begin=None)

@@ -106,3 +106,7 @@ def test_counts_shape(bad):
 def test_non_finite_counts():
     with pytest.raises(ValueError, match="finite"):
         temperature_probs([1.0, float("inf")], 1.0)
+
+
+def test_subnormal_temperature_is_a_one_hot_on_the_largest_group():
+    np.testing.assert_array_equal(temperature_probs([10, 5, 10, 0], 1e-310).numpy(), [0.5, 0.0, 0.5, 0.0])

@@ -11,7 +11,6 @@ by ``class_path``.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import Union
 
@@ -60,11 +59,7 @@ class Cooldown:
     def __init__(self, start: float = 5.0, end: float = 1.0, at: float = 0.5) -> None:
         self.start = _validate_temperature(start, "start")
         self.end = _validate_temperature(end, "end")
-        if isinstance(at, bool) or not isinstance(at, numbers.Real) or math.isnan(at) or not 0.0 <= at <= 1.0:
-            raise ValueError(
-                f"Expected argument `at` to be the fraction of training in [0, 1] at which to switch, but got {at!r}."
-            )
-        self.at = float(at)
+        self.at = _fraction(at, "at", "the fraction of training in [0, 1] at which to switch")
 
     def __call__(self, progress: float) -> float:
         return self.start if progress < self.at else self.end
@@ -89,15 +84,13 @@ class LinearRamp:
             raise ValueError(
                 "`LinearRamp` needs finite `start` and `end` temperatures; use `Cooldown` for a step to inf."
             )
-        if (
-            any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in (begin, finish))
-            or not 0.0 <= begin < finish <= 1.0
-        ):
+        self.begin = _fraction(begin, "begin", "a fraction of training in [0, 1]")
+        self.finish = _fraction(finish, "finish", "a fraction of training in [0, 1]")
+        if not self.begin < self.finish:
             raise ValueError(
                 f"Expected 0 <= `begin` < `finish` <= 1 (fractions of training), but got begin={begin!r},"
                 f" finish={finish!r}."
             )
-        self.begin, self.finish = float(begin), float(finish)
 
     def __call__(self, progress: float) -> float:
         frac = min(max((progress - self.begin) / (self.finish - self.begin), 0.0), 1.0)
@@ -105,6 +98,17 @@ class LinearRamp:
 
     def __repr__(self) -> str:
         return f"LinearRamp(start={self.start}, end={self.end}, begin={self.begin}, finish={self.finish})"
+
+
+def _fraction(value: object, name: str, meaning: str) -> float:
+    """``value`` as a float in [0, 1], or a ``ValueError`` naming the argument."""
+    try:
+        fraction = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        fraction = math.nan
+    if isinstance(value, (bool, str)) or not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"Expected argument `{name}` to be {meaning}, but got {value!r}.")
+    return fraction
 
 
 def is_schedule(temperature: TemperatureLike) -> bool:

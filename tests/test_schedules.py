@@ -62,5 +62,5 @@ def test_numpy_scalars_are_accepted():
 
 
 def test_ramp_rejects_non_numbers():
-    with pytest.raises(ValueError, match="`begin` < `finish`"):
+    with pytest.raises(ValueError, match="`begin` to be a fraction of training"):
         LinearRamp(begin=None)

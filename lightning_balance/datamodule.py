@@ -40,7 +40,7 @@ _STRATEGIES = ("natural", "upsample", "upweight")
 
 
 class IndexedBatch(NamedTuple):
-    """A training batch with the dataset index of each of its samples.
+    """A training batch with the dataset index and the group id of each of its samples.
 
     The training DataLoader of a :class:`BalancedDataModule` yields these; the DataModule unwraps them after
     the batch reaches the device, so ``training_step`` receives ``batch`` alone.
@@ -48,6 +48,7 @@ class IndexedBatch(NamedTuple):
 
     indices: torch.Tensor
     batch: Any
+    groups: Optional[torch.Tensor] = None
 
 
 class _IndexedDataset(Dataset):
@@ -64,14 +65,26 @@ class _IndexedDataset(Dataset):
 
 
 class _IndexedCollate:
-    """Collate the samples with the user's ``collate_fn`` and the indices into a LongTensor."""
+    """Collate the samples with the user's ``collate_fn``; the indices and their group ids into LongTensors.
 
-    def __init__(self, collate_fn: Optional[Callable[[list[Any]], Any]]) -> None:
+    The group ids are looked up here, on the CPU, so that no per-example table has to live on the device.
+    """
+
+    def __init__(self, collate_fn: Optional[Callable[[list[Any]], Any]], group_ids: torch.Tensor) -> None:
         self.collate_fn = collate_fn or default_collate
+        self.group_ids = group_ids
 
     def __call__(self, items: list[tuple[int, Any]]) -> IndexedBatch:
         indices = torch.tensor([index for index, _ in items], dtype=torch.long)
-        return IndexedBatch(indices, self.collate_fn([sample for _, sample in items]))
+        return IndexedBatch(indices, self.collate_fn([sample for _, sample in items]), self.group_ids[indices])
+
+
+def _groups_of_kept(kept: torch.Tensor, indices: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Group ids of ``kept``, a selection of ``indices`` whose group ids are ``groups`` (all on one device)."""
+    if kept is indices:
+        return groups
+    order = torch.argsort(indices)
+    return groups[order[torch.searchsorted(indices[order], kept)]]
 
 
 class _ResumableDataLoader(DataLoader):
@@ -137,9 +150,9 @@ class BalancedDataModule(LightningDataModule):
         [90, 10]
         >>> dm.loss_weights()
         tensor([0.5556, 5.0000], dtype=torch.float64)
-        >>> indices, (x, y) = next(iter(dm.train_dataloader()))
-        >>> x.shape, indices.shape
-        (torch.Size([10, 3]), torch.Size([10]))
+        >>> batch = next(iter(dm.train_dataloader()))  # an IndexedBatch; the Trainer sees only batch.batch
+        >>> batch.batch[0].shape, batch.indices.shape, batch.groups.shape
+        (torch.Size([10, 3]), torch.Size([10]), torch.Size([10]))
     """
 
     def __init__(
@@ -341,7 +354,7 @@ class BalancedDataModule(LightningDataModule):
             batch_size=self.batch_size,
             sampler=self.sampler,
             num_workers=self.num_workers,
-            collate_fn=_IndexedCollate(self.collate_fn),
+            collate_fn=_IndexedCollate(self.collate_fn, self.train_group_ids),
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             drop_last=True,
@@ -378,13 +391,16 @@ class BalancedDataModule(LightningDataModule):
         """
         trainer = self.trainer
         if isinstance(batch, IndexedBatch):
-            indices, batch = batch.indices, batch.batch
+            indices, groups, batch = batch.indices, batch.groups, batch.batch
+            kept = indices
             if trainer is not None and trainer.training:
                 for callback in trainer.callbacks:  # type: ignore[attr-defined]
                     transform = getattr(callback, "transform_train_batch", None)
                     if callable(transform):
-                        batch, indices = transform(trainer, trainer.lightning_module, batch, indices)
-            self._batch_groups = self.train_group_ids.to(indices.device)[indices]
+                        batch, kept = transform(trainer, trainer.lightning_module, batch, kept)
+            if groups is None:
+                groups = self.train_group_ids[indices.cpu()].to(indices.device)
+            self._batch_groups = _groups_of_kept(kept, indices, groups)
         else:
             # Evaluation batches carry no indices: no group weights apply to them.
             self._batch_groups = None

@@ -104,7 +104,9 @@ def test_upweighted_loss_is_unbiased_for_the_temperature_loss():
     for epoch in range(10):
         loader = dm.train_dataloader()
         dm.sampler.set_epoch(epoch)
-        for _indices, (_, y) in loader:
+        for batch in loader:
+            y = batch.batch[1]
+            assert torch.equal(batch.groups, y)  # the groups are the labels here
             values.append(float(dm.reduce_loss(group_loss[y], y)))
     expected = float((temperature_probs([300, 60, 12, 4], 5.0) * group_loss.double()).sum())
     natural = float((temperature_probs([300, 60, 12, 4], 1.0) * group_loss.double()).sum())
@@ -263,3 +265,30 @@ def test_schedule_over_lightnings_default_epochs_warns():
     with pytest.warns(UserWarning, match="spans 1000 epochs"):
         trainer(callbacks=[StopAtOnce()]).fit(ToyModel(num_classes=2), dm)  # Lightning's default of 1000 epochs
     assert dm.sampler.total_samples == 1000 * 1000
+
+
+def test_groups_follow_a_callback_that_keeps_part_of_the_batch():
+    import lightning.pytorch as pl
+
+    class KeepOddReversed(pl.Callback):
+        def transform_train_batch(self, trainer, pl_module, batch, indices):
+            keep = torch.arange(indices.numel() - 1, -1, -1)[1::2]
+            return tuple(t[keep] for t in batch), indices[keep]
+
+    class Domains(BalancedDataModule):
+        def setup(self, stage=None):
+            self.train_dataset = DomainDataset([400, 40, 4])
+
+    checked = []
+
+    class Model(ToyModel):
+        def training_step(self, batch, batch_idx):
+            x, y, domain = batch
+            assert torch.equal(self.trainer.datamodule._batch_groups, domain)
+            checked.append(len(domain))
+            losses = torch.nn.functional.cross_entropy(self(x), y, reduction="none")
+            return balanced_loss(self, losses)
+
+    dm = Domains(strategy="upweight", temperature=5.0, batch_size=12)
+    trainer(max_steps=5, callbacks=[KeepOddReversed()]).fit(Model(num_classes=3), dm)
+    assert checked == [6] * 5

@@ -209,6 +209,9 @@ class BalancedDataModule(LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
 
+        # Whether the groups are the class labels, so that `group_counts` are class counts too (as tail metrics
+        # need). The default `train_groups` sets it; an override that returns labels may set it to True.
+        self.label_groups: Optional[bool] = None
         self.train_dataset: Optional[Dataset] = None
         self.val_dataset: Optional[Dataset] = None
         self.test_dataset: Optional[Dataset] = None
@@ -231,10 +234,14 @@ class BalancedDataModule(LightningDataModule):
         tensor of a ``TensorDataset`` (for example, a language id kept in a separate array).
         """
         dataset = self._require_train_dataset()
-        for attribute in ("groups", "targets"):
-            if (found := getattr(dataset, attribute, None)) is not None:
-                return found
+        if (found := getattr(dataset, "groups", None)) is not None:
+            self.label_groups = False
+            return found
+        if (found := getattr(dataset, "targets", None)) is not None:
+            self.label_groups = True
+            return found
         if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
+            self.label_groups = True
             return dataset.tensors[1]
         raise AttributeError(
             f"Cannot find the group ids of {type(dataset).__name__}: give it a `groups` (or `targets`) attribute"

@@ -273,3 +273,20 @@ def test_missing_target_key(tmp_path):
 def test_constructor_validates_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TailRecallMonitor(**kwargs)
+
+
+def test_domain_groups_are_not_taken_for_class_counts():
+    from lightning_balance import BalancedDataModule
+    from lightning_balance.callbacks import TailRecallMonitor
+    from tests.helpers import DomainDataset, ToyModel
+    from tests.helpers import trainer as make_trainer
+
+    class Domains(BalancedDataModule):
+        def setup(self, stage=None):
+            self.train_dataset = DomainDataset([300, 60, 10])
+            self.val_dataset = self.train_dataset
+
+    with pytest.raises(MisconfigurationException, match="not the class labels"):
+        make_trainer(max_steps=1, limit_val_batches=1, callbacks=[TailRecallMonitor()]).fit(
+            ToyModel(num_classes=3), Domains(batch_size=8)
+        )

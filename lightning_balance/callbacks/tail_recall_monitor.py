@@ -48,8 +48,9 @@ class TailRecallMonitor(Callback):
     logged as ``NaN``.
 
     **Training counts.** ``class_counts`` if given, else ``trainer.datamodule.group_counts`` after the
-    DataModule's ``setup`` (as :class:`~lightning_balance.BalancedDataModule` provides). Without either,
-    ``setup`` raises an error that asks for ``class_counts=``.
+    DataModule's ``setup`` (as :class:`~lightning_balance.BalancedDataModule` provides) when its groups are the
+    class labels. Without either, or when the DataModule balances other groups (``label_groups`` is False:
+    languages, domains), ``setup`` raises an error that asks for ``class_counts=``.
 
     **Predictions and targets**, for each validation batch, from the first source that applies:
 
@@ -66,7 +67,10 @@ class TailRecallMonitor(Callback):
     list batches) or strings (dict batches). All validation dataloaders are pooled into one result.
 
     **Distributed training.** The metric sums its count states over processes when it computes, so every
-    rank logs the same, exact values; the callback computes on every rank, as the synchronisation requires.
+    rank logs the same values, equal to one process's on the samples the ranks saw; the callback computes on
+    every rank, as the synchronisation requires. Lightning's distributed validation sampler pads the shards to
+    equal length by repeating up to ``world_size - 1`` samples, and those repeats are counted: use a validation
+    set whose size divides by the number of processes for results identical to a single process.
     Sanity-check batches are not counted.
 
     Args:
@@ -175,6 +179,13 @@ class TailRecallMonitor(Callback):
         if counts is None:
             raise MisconfigurationException(
                 f"`{type(datamodule).__name__}.group_counts` is None after `setup`. Pass the training counts as"
+                " `TailRecallMonitor(class_counts=...)`."
+            )
+        if getattr(datamodule, "label_groups", True) is False:
+            # Groups such as languages or domains are not classes: their sizes would split the classes wrongly.
+            raise MisconfigurationException(
+                f"`{type(datamodule).__name__}` balances groups that are not the class labels, so its"
+                " `group_counts` are not class counts. Pass the training count of every class as"
                 " `TailRecallMonitor(class_counts=...)`."
             )
         return counts

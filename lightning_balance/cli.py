@@ -38,6 +38,7 @@ from lightning_balance.compare import (
     check_datamodule_class,
     check_model_class,
     check_output_dir,
+    check_run_arguments,
     default_runs,
     global_rank,
     import_object,
@@ -235,6 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------------------------------------
 # Commands
 # ----------------------------------------------------------------------------------------------------------
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Reject values that cannot run before anything is built or written."""
+    check_run_arguments(args.temperature, args.cooldown_at)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigurationError(
+            f"Expected `--batch-size` to be a positive number of samples per process, but got {args.batch_size}."
+            " Give e.g. --batch-size 32, or leave it out to use the DataModule's."
+        )
+
+
 def _settings(args: argparse.Namespace, trainer_kwargs: dict[str, Any]) -> CompareSettings:
     if args.quick:
         args.seeds, args.max_steps, args.val_every = 1, min(args.max_steps, 200), min(args.val_every, 20)
@@ -249,12 +260,15 @@ def _settings(args: argparse.Namespace, trainer_kwargs: dict[str, Any]) -> Compa
     )
 
 
-def _output_dir(args: argparse.Namespace, command: str) -> Optional[Path]:
-    """The output directory, created and checked on rank 0; ``None`` on the other ranks (they write nothing)."""
+def _output_dir(args: argparse.Namespace, command: str, create: bool = True) -> Optional[Path]:
+    """The output directory, checked (and created unless ``create=False``) on rank 0.
+
+    ``None`` on the other ranks: they write nothing.
+    """
     if global_rank() != 0:
         return None
     out = args.out or Path("balance_runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return check_output_dir(out, "--out")
+    return check_output_dir(out, "--out", create=create)
 
 
 def _set_threads(args: argparse.Namespace, embedded: bool) -> None:
@@ -279,6 +293,7 @@ def _compare_command(args: argparse.Namespace) -> int:
     from lightning_balance.compare import compare
     from lightning_balance.reporting import print_summary, verdict, write_compare_outputs
 
+    _check_arguments(args)
     config = _read_config(args.config) if args.config else {}
     trainer_kwargs = {k: v for k, v in (config.get("trainer") or {}).items() if k in _HARDWARE_KEYS}
 
@@ -316,17 +331,23 @@ def _compare_command(args: argparse.Namespace) -> int:
     runs = default_runs(args.temperature, args.cooldown_at, saln_keep=args.saln_keep if args.saln else None,
                         saln_method=args.saln_method, only=only)
     settings = _settings(args, trainer_kwargs)
-    out = _output_dir(args, "compare")
+    # Checked now, created only once the data and the model have passed their checks.
+    out = _output_dir(args, "compare", create=False)
     _set_threads(args, embedded=data_path == DEFAULT_DATAMODULE and model is None)
 
     console = _console()
-    if out is not None:
+
+    def create_output() -> None:
+        if out is None:
+            return
+        check_output_dir(out, "--out")
         console.print(f"[bold]{PROG} compare[/]: {data.name} · {len(runs)} strategies × {len(settings.seeds)} seeds"
                       f" × {settings.max_steps} steps · output {out}")
         if ignored:
             console.print(f"Ignoring {', '.join(ignored)} from the data arguments: compare sets them per run.")
+
     start = time.perf_counter()
-    result = compare(data, model, runs, settings, progress=not args.no_progress)
+    result = compare(data, model, runs, settings, progress=not args.no_progress, on_checked=create_output)
     if result.is_empty or out is None:
         return 0  # ranks other than 0 write nothing
     result.settings["total_wall_time_s"] = time.perf_counter() - start
@@ -342,11 +363,12 @@ def _compare_command(args: argparse.Namespace) -> int:
 def _paper_command(args: argparse.Namespace) -> int:
     from lightning_balance.paper import reproduce
 
-    out = _output_dir(args, "paper")
-    _set_threads(args, embedded=True)
+    _check_arguments(args)
     settings = _settings(args, {})
     if args.num_batches < 10:
         raise ConfigurationError(f"Expected `--num-batches` to be at least 10, but got {args.num_batches}.")
+    out = _output_dir(args, "paper")
+    _set_threads(args, embedded=True)
     console = _console()
     if out is not None:
         console.print(f"[bold]{PROG} paper[/]: output {out}")

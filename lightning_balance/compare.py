@@ -34,6 +34,7 @@ import math
 import os
 import sys
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,13 +49,15 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.data import extract_batch_size
 from torch import Tensor
+from torch.utils.data import Dataset, Subset, TensorDataset
 from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_balance.datamodule import BalancedDataModule
-from lightning_balance.functional.tail_recall import SPLITS
+from lightning_balance.functional.tail_recall import SPLITS, _split_arg_validation
 from lightning_balance.schedules import Cooldown, TemperatureLike
 from lightning_balance.tail_recall import TailRecall
+from lightning_balance.temperature import _validate_temperature
 
 __all__ = [
     "CompareResult",
@@ -64,6 +67,7 @@ __all__ = [
     "RunResult",
     "RunSpec",
     "check_output_dir",
+    "check_run_arguments",
     "compare",
     "default_runs",
     "global_rank",
@@ -134,6 +138,32 @@ def _num(value: float) -> str:
     return "inf" if math.isinf(value) else f"{value:g}"
 
 
+def check_run_arguments(temperature: Any, cooldown_at: Any) -> tuple[float, float]:
+    """Return ``(temperature, cooldown_at)`` as floats, or raise :class:`ConfigurationError` saying how to fix them.
+
+    Example:
+        >>> check_run_arguments(5, 0.5)
+        (5.0, 0.5)
+        >>> check_run_arguments(0, 0.5)
+        Traceback (most recent call last):
+        ...
+        lightning_balance.compare.ConfigurationError: Expected argument `temperature` to be > 0 ...
+    """
+    try:
+        temperature = _validate_temperature(temperature, "temperature")
+    except (TypeError, ValueError) as err:
+        raise ConfigurationError(
+            f"{err} Give a positive temperature (or inf), e.g. --temperature 5."
+        ) from err
+    if (isinstance(cooldown_at, bool) or not isinstance(cooldown_at, (int, float, np.integer, np.floating))
+            or math.isnan(cooldown_at) or not 0.0 <= cooldown_at <= 1.0):
+        raise ConfigurationError(
+            f"Expected argument `cooldown_at` to be the fraction of training in [0, 1] after which Cooldown samples"
+            f" at T=1, but got {cooldown_at!r}. Give a fraction, e.g. --cooldown-at 0.5."
+        )
+    return temperature, float(cooldown_at)
+
+
 def default_runs(
     temperature: float = 5.0,
     cooldown_at: float = 0.5,
@@ -155,6 +185,7 @@ def default_runs(
         >>> [(r.name, r.label) for r in default_runs(5.0)]
         [('natural', 'T=1'), ('upsample', 'T=5'), ('upweight', 'T=5'), ('cooldown', 'T=5→1 at 50%')]
     """
+    temperature, cooldown_at = check_run_arguments(temperature, cooldown_at)
     runs = [
         RunSpec("natural", "natural", 1.0),
         RunSpec("upsample", "upsample", temperature),
@@ -217,6 +248,13 @@ class CompareSettings:
             raise ConfigurationError(
                 f"Expected `tail_target` to be a recall in [0, 1], but got {self.tail_target!r}. Try 0.5."
             )
+        try:
+            _split_arg_validation(self.many, self.few, self.split)
+        except ValueError as err:
+            raise ConfigurationError(
+                f"{err} Head classes have more than `many` (--many) training examples and tail classes fewer than"
+                " `few` (--few): give non-negative counts with few <= many, e.g. --many 100 --few 20."
+            ) from err
         strategy = self.trainer_kwargs.get("strategy")
         if isinstance(strategy, str) and strategy in _SPAWNING_STRATEGIES:
             raise ConfigurationError(
@@ -250,15 +288,16 @@ class ComponentSpec:
         kwargs = {**self.kwargs, **overrides}
         try:
             return self.cls(**kwargs)
-        except TypeError as err:
+        except (TypeError, ValueError) as err:
             args_flag = f"{self.argument}-args"
             hint = (
                 " The class must accept `strategy`, `temperature` and `seed` and pass them on to"
                 " BalancedDataModule.__init__ (e.g. through **kwargs)."
-                if self.argument == "--datamodule" else ""
+                if self.argument == "--datamodule" and isinstance(err, TypeError) else ""
             )
             raise ConfigurationError(
-                f"Cannot build `{self.argument}` {self.name}(**{kwargs!r}): {err}. Check {args_flag}.{hint}"
+                f"Cannot build `{self.argument}` {self.name}(**{kwargs!r}): {str(err).rstrip('.')}. Check"
+                f" {args_flag}.{hint}"
             ) from err
 
 
@@ -294,6 +333,8 @@ def import_object(path: str, argument: str = "--datamodule") -> Any:
         sys.path.insert(0, cwd)
     module_name, sep, attribute = path.rpartition(":") if ":" in path else path.rpartition(".")
     if not sep or not module_name or not attribute:
+        if path.isidentifier() and _is_module(path):
+            raise ConfigurationError(_module_message(path, argument, fix))
         raise ConfigurationError(f"Cannot import `{argument}` {path!r}: it names no module.{fix}")
     try:
         if module_name.endswith(".py"):
@@ -306,9 +347,29 @@ def import_object(path: str, argument: str = "--datamodule") -> Any:
             spec.loader.exec_module(module)  # type: ignore[union-attr]
         else:
             module = importlib.import_module(module_name)
-        return getattr(module, attribute)
+        found = getattr(module, attribute)
     except (ImportError, AttributeError) as err:
+        if not module_name.endswith(".py") and _is_module(path):
+            raise ConfigurationError(_module_message(path, argument, fix)) from err
         raise ConfigurationError(f"Cannot import `{argument}` {path!r}: {err}.{fix}") from err
+    if isinstance(found, types.ModuleType):
+        raise ConfigurationError(_module_message(path, argument, fix))
+    return found
+
+
+def _is_module(path: str) -> bool:
+    try:
+        importlib.import_module(path)
+    except Exception:  # noqa: BLE001 - any failure means it is not an importable module
+        return False
+    return True
+
+
+def _module_message(path: str, argument: str, fix: str) -> str:
+    return (
+        f"Cannot import `{argument}` {path!r}: it names a module, not a class; a class path like"
+        f" `package.module.ClassName` is expected (e.g. `{path}.ClassName`).{fix}"
+    )
 
 
 def check_datamodule_class(cls: Any, argument: str = "--datamodule") -> type:
@@ -382,10 +443,61 @@ def check_datamodule(datamodule: BalancedDataModule, argument: str = "--datamodu
             f"`{argument}` {name} has no validation set. The comparison measures per-class recall on it: assign"
             " `self.val_dataset` in `setup()` (a balanced one measures every class equally)."
         )
+    epoch = datamodule.samples_per_epoch or len(train)  # type: ignore[arg-type]
+    if datamodule.batch_size > epoch:
+        raise ConfigurationError(
+            f"`--batch-size` {datamodule.batch_size} is larger than the {epoch} training examples of {name}"
+            f" (per epoch): no full batch can be drawn. Lower --batch-size (or batch_size in {argument}-args) to at"
+            f" most {epoch}."
+        )
+    labels = _dataset_labels(val)
+    if labels is not None:
+        check_validation_labels(labels, len(counts), f"`{argument}` {name}")
 
 
-def check_output_dir(path: Union[str, os.PathLike], argument: str = "--out") -> Path:
+def _dataset_labels(dataset: Dataset) -> Optional[Tensor]:
+    """The labels of ``dataset`` when they can be read without loading it (``groups``/``targets``, TensorDataset)."""
+    indices = None
+    while isinstance(dataset, Subset):
+        indices = dataset.indices if indices is None else [dataset.indices[i] for i in indices]
+        dataset = dataset.dataset
+    labels: Any = None
+    for attribute in ("groups", "targets"):
+        if (found := getattr(dataset, attribute, None)) is not None:
+            labels = found
+            break
+    if labels is None and isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
+        labels = dataset.tensors[1]
+    if labels is None:
+        return None
+    try:
+        labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels)
+    except (TypeError, ValueError):
+        return None
+    if labels.ndim != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        return None
+    return labels if indices is None else labels[torch.as_tensor(list(indices), dtype=torch.long)]
+
+
+def check_validation_labels(labels: Tensor, num_groups: int, what: str) -> None:
+    """Raise :class:`ConfigurationError` if a validation label is not a training group id in ``[0, num_groups)``."""
+    labels = labels.detach().long().cpu()
+    bad = labels[(labels < 0) | (labels >= num_groups)]
+    if bad.numel():
+        values = sorted(set(bad.tolist()))
+        shown = ", ".join(str(v) for v in values[:10]) + (", ..." if len(values) > 10 else "")
+        raise ConfigurationError(
+            f"{what} has validation labels that are not training groups: {shown} ({bad.numel()} examples), but"
+            f" the training set has groups 0..{num_groups - 1}. Use the same label ids in `val_dataset` as in"
+            " `train_dataset` (drop or remap the classes the training set lacks)."
+        )
+
+
+def check_output_dir(path: Union[str, os.PathLike], argument: str = "--out", create: bool = True) -> Path:
     """Create ``path`` (and its parents) and make sure a file can be written in it.
+
+    With ``create=False`` nothing is created: only the nearest existing folder on the way is checked to be a
+    writable directory, so a run that fails its checks leaves no empty output directory behind.
 
     Raises:
         ConfigurationError: the directory cannot be created or written.
@@ -396,6 +508,20 @@ def check_output_dir(path: Union[str, os.PathLike], argument: str = "--out") -> 
         True
     """
     out = Path(path)
+    if not create:
+        existing = out.absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        reason = None
+        if not existing.is_dir():
+            reason = f"{str(existing)!r} is not a directory"
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            reason = f"{str(existing)!r} is not writable"
+        if reason is not None:
+            raise ConfigurationError(
+                f"Cannot write to `{argument}` {str(out)!r}: {reason}. Choose a writable directory with {argument}."
+            )
+        return out
     probe = out / ".write-test"
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -508,6 +634,7 @@ class _Recorder(Callback):
             return
         logits, target = _logits_and_target(pl_module, outputs, batch)
         target = target.long().to(pl_module.device)
+        check_validation_labels(target, self.losses.num_classes, f"`--datamodule` {type(trainer.datamodule).__name__}")  # type: ignore
         self.recall.update(logits.detach(), target)  # type: ignore[union-attr]
         if logits.is_floating_point() and logits.ndim == 2:
             self.losses.update(F.cross_entropy(logits.detach().float(), target, reduction="none"), target)  # type: ignore
@@ -791,6 +918,7 @@ def compare(
     runs: Optional[Sequence[RunSpec]] = None,
     settings: Optional[CompareSettings] = None,
     progress: bool = True,
+    on_checked: Optional[Callable[[], None]] = None,
 ) -> CompareResult:
     """Train every run of ``runs`` with every seed of ``settings`` and summarise them.
 
@@ -802,6 +930,8 @@ def compare(
         runs: the strategies; defaults to :func:`default_runs`.
         settings: steps, seeds and measurement; defaults to :class:`CompareSettings`.
         progress: show one rich progress bar over all runs (on rank 0).
+        on_checked: called once the data and the model have passed their checks, before any training (e.g. to
+            create the output directory only for a comparison that can run).
 
     Raises:
         ConfigurationError: the data or the model do not meet the contract in the module docstring.
@@ -827,6 +957,8 @@ def compare(
         check_datamodule(probe, data.argument)
         if model is not None:
             model.build()  # a wrong --model-args fails here, before any training
+        if on_checked is not None:
+            on_checked()
         results: list[RunResult] = []
         total = len(runs) * len(settings.seeds)
         with _RunProgress(total, settings.max_steps, progress) as bar:

@@ -111,6 +111,28 @@ def test_hardware_arguments_reach_the_trainer(tmp_path):
         (["--strategy", "ddp_spawn"], "Use --strategy ddp"),
         (["--seeds", "0"], "Expected `--seeds` to be a positive number of seeds, but got 0"),
         (["--config", "missing.yaml"], "Cannot read `--config` 'missing.yaml'"),
+        (["--quick", "--temperature", "0"], "Expected argument `temperature` to be > 0"),
+        (["--quick", "--temperature", "0"], "but got 0.0. Give a positive temperature (or inf), e.g. --temperature 5."),
+        (["--temperature", "nan"], "Expected argument `temperature` to be > 0"),
+        (["--cooldown-at", "2"], "Expected argument `cooldown_at` to be the fraction of training in [0, 1] after"
+                                 " which Cooldown samples at T=1, but got 2.0. Give a fraction, e.g."
+                                 " --cooldown-at 0.5."),
+        (["--few", "200"], "Expected argument `few` to be <= `many`"),
+        (["--few", "200"], "few=200.0 and many=100"),
+        (["--few", "200"], "e.g. --many 100 --few 20"),
+        (["--many", "-1"], "Expected argument `many` to be a finite, non-negative training count, but got -1.0."),
+        (["--batch-size", "0"], "Expected `--batch-size` to be a positive number of samples per process, but got 0."
+                                " Give e.g. --batch-size 32"),
+        (["--batch-size", "1000"], "`--batch-size` 1000 is larger than the"),
+        (["--batch-size", "1000"], "Lower --batch-size (or batch_size in --datamodule-args) to at most"),
+        (["--datamodule-args", "batch_size=0"], "Expected argument `batch_size` to be a positive integer, but got 0."
+                                                " Check --datamodule-args"),
+        (["--datamodule", "tests.test_compare.UnseenValidationClassData"],
+         "has validation labels that are not training groups: 2 (2 examples), but the training set has groups 0..1."
+         " Use the same label ids in `val_dataset` as in `train_dataset`"),
+        (["--datamodule", "lightning_balance.datasets"],
+         "Cannot import `--datamodule` 'lightning_balance.datasets': it names a module, not a class; a class path"
+         " like `package.module.ClassName` is expected"),
     ],
 )
 def test_compare_errors_exit_2_with_a_message(tmp_path, capsys, args, message):
@@ -118,12 +140,33 @@ def test_compare_errors_exit_2_with_a_message(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert err.startswith("lightning-balance compare: error: ")
     assert message in err
+    assert "Traceback" not in err
+    if "training_step" not in message:  # found on the first training batch; every other error comes first
+        assert not (tmp_path / "out").exists()  # nothing is written for a run that cannot start
+
+
+def test_data_errors_leave_no_output_directory(tmp_path, capsys):
+    out = tmp_path / "new" / "out"
+    assert main(["compare", *TINY, "--out", str(out), "--datamodule", "tests.test_compare.SingleClassData"]) == 2
+    assert "has a single group in its training set" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "new").exists()
+
+
+def test_paper_rejects_a_bad_temperature_before_writing(tmp_path, capsys):
+    out = tmp_path / "paper"
+    assert main(["paper", *TINY, "--temperature", "-1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lightning-balance paper: error: ") and "but got -1.0" in err
+    assert not out.exists()
 
 
 def test_unwritable_output_directory(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert main(["compare", *TINY, "--out", str(tmp_path / "file" / "out")]) == 2
     assert "Cannot write to `--out`" in capsys.readouterr().err
+    assert main(["compare", *TINY, "--out", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err
+    assert "Cannot write to `--out`" in err and "Choose a writable directory with --out" in err
 
 
 def test_config_without_class_path(tmp_path, capsys):

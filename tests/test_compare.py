@@ -17,6 +17,7 @@ from lightning_balance.compare import (
     check_datamodule_class,
     check_model_class,
     check_output_dir,
+    check_run_arguments,
     compare,
     default_runs,
     import_object,
@@ -56,6 +57,14 @@ class NoValidationData(BalancedDataModule):
         self.train_dataset = TensorDataset(torch.randn(40, 4), torch.tensor([0] * 30 + [1] * 10))
 
 
+class UnseenValidationClassData(BalancedDataModule):
+    """Validation label 2 is not a training group (the training set has groups 0 and 1)."""
+
+    def setup(self, stage=None):
+        self.train_dataset = TensorDataset(torch.randn(40, 4), torch.tensor([0] * 30 + [1] * 10))
+        self.val_dataset = TensorDataset(torch.randn(6, 4), torch.tensor([0, 1, 2, 2, 1, 0]))
+
+
 class PlainMeanModel(MLPClassifier):
     """Reduces its loss with a plain mean: upweighting would silently do nothing."""
 
@@ -90,6 +99,26 @@ def test_default_runs_rejects_unknown_names(kwargs, match):
 
 
 @pytest.mark.parametrize(
+    ("temperature", "cooldown_at", "match"),
+    [
+        (0, 0.5, r"Expected argument `temperature` to be > 0 .* but got 0.0\. .* e.g. --temperature 5"),
+        (math.nan, 0.5, r"Expected argument `temperature` to be > 0 .* but got nan"),
+        (-2.0, 0.5, r"but got -2.0"),
+        ("5", 0.5, r"Expected argument `temperature` to be a positive float"),
+        (5.0, 2, r"Expected argument `cooldown_at` to be the fraction of training in \[0, 1\] .* but got 2\."
+                 r" .* e.g. --cooldown-at 0.5"),
+        (5.0, math.nan, r"`cooldown_at` .* but got nan"),
+    ],
+)
+def test_run_arguments_are_validated(temperature, cooldown_at, match):
+    with pytest.raises(ConfigurationError, match=match):
+        check_run_arguments(temperature, cooldown_at)
+    with pytest.raises(ConfigurationError, match=match):
+        default_runs(temperature, cooldown_at)
+    assert check_run_arguments(math.inf, 1) == (math.inf, 1.0)
+
+
+@pytest.mark.parametrize(
     ("kwargs", "match"),
     [
         (dict(max_steps=0), r"Expected `max_steps` to be a positive integer, but got 0"),
@@ -97,6 +126,10 @@ def test_default_runs_rejects_unknown_names(kwargs, match):
         (dict(seeds=[]), r"Expected `seeds` to be distinct integers"),
         (dict(tail_target=1.5), r"Expected `tail_target` to be a recall in \[0, 1\], but got 1.5"),
         (dict(trainer_kwargs={"strategy": "ddp_spawn"}), r"`strategy='ddp_spawn'` .* Use --strategy ddp"),
+        (dict(few=200), r"Expected argument `few` to be <= `many` .* got few=200 and many=100.* e.g. --many 100"),
+        (dict(many=-1), r"Expected argument `many` to be a finite, non-negative training count, but got -1"),
+        (dict(few=math.nan), r"Expected argument `few` to be a finite, non-negative training count, but got nan"),
+        (dict(split="thirds"), r"Expected argument `split` to be one of"),
     ],
 )
 def test_settings_are_validated(kwargs, match):
@@ -197,6 +230,15 @@ def test_import_path_that_does_not_resolve():
         import_object("missing.py:Model", "--model")
 
 
+@pytest.mark.parametrize(
+    "path", ["lightning_balance.datasets", "lightning_balance.functional.spectral", "torch.nn", "lightning_balance"]
+)
+def test_import_path_that_names_a_module(path):
+    with pytest.raises(ConfigurationError, match=rf"Cannot import `--datamodule` '{path}': it names a module, not a"
+                                                 r" class; a class path like `package.module.ClassName` is expected"):
+        import_object(path, "--datamodule")
+
+
 def test_import_from_a_file(tmp_path, monkeypatch):
     (tmp_path / "my_data_file.py").write_text("class Thing:\n    pass\n")
     monkeypatch.chdir(tmp_path)
@@ -234,11 +276,31 @@ def test_model_that_bypasses_balanced_loss():
         (SingleClassData, r"`--datamodule` SingleClassData has a single group in its training set \(group sizes"
                           r" \[40\]\): there is nothing to balance"),
         (NoValidationData, r"`--datamodule` NoValidationData has no validation set"),
+        (UnseenValidationClassData, r"`--datamodule` UnseenValidationClassData has validation labels that are not"
+                                    r" training groups: 2 \(2 examples\), but the training set has groups 0..1\."
+                                    r" Use the same label ids"),
     ],
 )
 def test_datasets_that_cannot_be_compared(cls, match):
     with pytest.raises(ConfigurationError, match=match):
         compare(ComponentSpec(cls), settings=CompareSettings(seeds=[0], **TINY), progress=False)
+
+
+def test_batch_size_larger_than_the_training_set_of_digits():
+    with pytest.raises(ConfigurationError, match=r"`--batch-size` 100000 is larger than the \d+ training examples of"
+                                                 r" SmallDigits .* Lower --batch-size .* to at most \d+\."):
+        compare(ComponentSpec(SmallDigits, {"batch_size": 100000}), settings=CompareSettings(seeds=[0], **TINY),
+                progress=False)
+
+
+def test_validation_label_check_at_validation_time():
+    """Labels that the data check cannot read up front are checked before the validation loss is computed."""
+    from lightning_balance.compare import check_validation_labels
+
+    check_validation_labels(torch.tensor([0, 1, 1]), 2, "`--datamodule` X")
+    with pytest.raises(ConfigurationError, match=r"`--datamodule` X has validation labels that are not training"
+                                                 r" groups: -1, 5 \(2 examples\)"):
+        check_validation_labels(torch.tensor([0, -1, 5]), 2, "`--datamodule` X")
 
 
 def test_bad_constructor_arguments():
@@ -249,6 +311,11 @@ def test_bad_constructor_arguments():
     with pytest.raises(ConfigurationError, match=r"Cannot build `--model` .*MLPClassifier.*Check --model-args"):
         compare(ComponentSpec(SmallDigits), ComponentSpec(MLPClassifier, {"depth": 3}, "--model"),
                 settings=CompareSettings(seeds=[0], **TINY), progress=False)
+    with pytest.raises(ConfigurationError, match=r"Cannot build `--datamodule` .*SmallDigits\(.*'batch_size': 0.*"
+                                                 r"Expected argument `batch_size` to be a positive integer, but got 0."
+                                                 r" Check --datamodule-args"):
+        compare(ComponentSpec(SmallDigits, {"batch_size": 0}), settings=CompareSettings(seeds=[0], **TINY),
+                progress=False)
 
 
 def test_output_directory_that_cannot_be_written(tmp_path):
@@ -257,6 +324,11 @@ def test_output_directory_that_cannot_be_written(tmp_path):
     with pytest.raises(ConfigurationError, match=r"Cannot write to `--out` '.*a_file/runs': .*Choose a writable"):
         check_output_dir(blocker / "runs")
     assert check_output_dir(tmp_path / "new" / "dir").is_dir()
+    # create=False checks without creating anything
+    with pytest.raises(ConfigurationError, match=r"Cannot write to `--out` .*a_file/runs': .*is not a directory"):
+        check_output_dir(blocker / "runs", create=False)
+    assert check_output_dir(tmp_path / "later" / "dir", create=False) == tmp_path / "later" / "dir"
+    assert not (tmp_path / "later").exists()
 
 
 def test_saln_run_trains_on_the_kept_samples():

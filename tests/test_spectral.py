@@ -223,3 +223,31 @@ def test_errors_name_the_argument():
         spectral_scores(x, score="labels", labels=torch.zeros(5))
     with pytest.raises(TypeError, match="torch.Tensor"):
         spectral_scores(np.zeros((6, 3)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("score", SCORES)
+def test_scores_do_not_depend_on_the_scale_of_the_features(dtype, score):
+    # float32 norms overflow above ~1e19 and underflow below ~1e-19: the rows must not become zero vectors.
+    x = make_batch(b=10, d=5, seed=3).to(dtype)
+    labels = torch.arange(10) % 3
+    expected = spectral_scores(x, score=score, labels=labels)
+    for factor in (1e20, 1e-30):
+        scaled = spectral_scores(x * factor, score=score, labels=labels)
+        torch.testing.assert_close(scaled, expected, atol=1e-5, rtol=1e-4)
+    # one row scaled up and one down: still the same graph
+    mixed = x.clone()
+    mixed[0] *= 1e20
+    mixed[1] *= 1e-30
+    torch.testing.assert_close(spectral_scores(mixed, score=score, labels=labels), expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_features_are_rejected(bad):
+    x = make_batch(b=6, d=3).float()
+    x[2, 1] = bad
+    with pytest.raises(ValueError, match=r"Expected argument `features` to be finite, but 1 of its rows hold NaN or"
+                                         r" inf values.*torch.nan_to_num"):
+        spectral_scores(x)
+    with pytest.raises(ValueError, match=r"`features` to be finite"):
+        spectral_scores(x.unsqueeze(0).expand(2, -1, -1))

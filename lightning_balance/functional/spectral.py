@@ -21,7 +21,9 @@ The paper leaves the details open; each is an option of :func:`spectral_scores`,
 
 Conventions that make the scores well defined:
 
-* The cosine similarity of an all-zero vector with anything is 0; the graph has no self-loops.
+* The cosine similarity of an all-zero vector with anything is 0; the graph has no self-loops. Scaling a row
+  does not change its similarities, however large or small the values (each row is divided by its largest
+  absolute value before it is normalised). NaN and inf features are rejected.
 * The sign of an eigenvector is arbitrary; ``magnitude``, ``boundary`` and ``labels`` do not depend on it, and
   ``signed`` makes the largest-magnitude entry positive (a perfectly symmetric batch, whose largest entries tie
   with opposite signs, has no side that an order-free rule could prefer).
@@ -84,8 +86,22 @@ def _validate_tensors(features: torch.Tensor, labels: Optional[torch.Tensor]) ->
             )
 
 
+def _validate_finite(features: torch.Tensor) -> None:
+    if features.is_floating_point() and not bool(torch.isfinite(features).all()):
+        bad = int((~torch.isfinite(features)).any(-1).sum())
+        raise ValueError(
+            f"Expected argument `features` to be finite, but {bad} of its rows hold NaN or inf values. Drop those"
+            " samples or replace the values (e.g. `torch.nan_to_num(features)`) before scoring."
+        )
+
+
 def _similarity(x: torch.Tensor, negative: str) -> torch.Tensor:
     """Non-negative cosine-similarity graph ``[N, B, B]`` without self-loops."""
+    # Cosine similarity does not depend on scale: dividing every row by its largest absolute value first keeps the
+    # norms in [1, sqrt(D)], so they neither overflow (values above ~1e19 in float32) nor underflow (~1e-30).
+    if x.shape[-1] > 0:
+        peak = x.abs().amax(dim=-1, keepdim=True)
+        x = x / torch.where(peak > 0, peak, torch.ones_like(peak))
     norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
     # A zero row stays zero, so its cosine similarity with everything is 0 instead of 0/0.
     unit = torch.where(norms > 0, x / norms.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
@@ -197,7 +213,7 @@ def spectral_scores(
         samples of a batch permutes their scores.
 
     Raises:
-        ValueError: an unknown option, or ``score="labels"`` without ``labels``.
+        ValueError: an unknown option, ``score="labels"`` without ``labels``, or NaN / inf in ``features``.
         RuntimeError: ``features`` is not ``[..., B, D]`` or ``labels`` does not match it.
 
     Example:
@@ -212,6 +228,7 @@ def spectral_scores(
     """
     _validate_options(laplacian, negative, score, labels)
     _validate_tensors(features, labels)
+    _validate_finite(features)
     *batch_shape, b, d = features.shape
     dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
     if b < 3:

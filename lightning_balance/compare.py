@@ -437,6 +437,12 @@ def check_datamodule(datamodule: BalancedDataModule, argument: str = "--datamodu
             " nothing to balance. Check that the groups (the labels) are read correctly, or override"
             " `train_groups()`."
         )
+    if datamodule.label_groups is False:
+        raise ConfigurationError(
+            f"`{argument}` {name} balances groups that are not the class labels (its dataset's `groups`), but the"
+            " comparison reports recall per class split by training counts. Balance by the labels for `compare`"
+            " (make `train_groups()` return them and set `self.label_groups = True`)."
+        )
     val = datamodule.val_dataset
     if val is None or len(val) == 0:  # type: ignore[arg-type]
         raise ConfigurationError(

@@ -368,3 +368,17 @@ def test_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
             assert p["step"] == q["step"]
             for key in ("loss_all", "loss_tail", "recall_macro", "recall_tail", "f1_head"):
                 assert p[key] == pytest.approx(q[key], abs=1e-5), key
+
+
+def test_domain_groups_are_refused_with_a_clear_error():
+    from lightning_balance import BalancedDataModule
+    from lightning_balance.compare import ConfigurationError, check_datamodule
+    from tests.helpers import DomainDataset
+
+    class Domains(BalancedDataModule):
+        def setup(self, stage=None):
+            self.train_dataset = DomainDataset([300, 60, 10])
+            self.val_dataset = self.train_dataset
+
+    with pytest.raises(ConfigurationError, match="not the class labels"):
+        check_datamodule(Domains())

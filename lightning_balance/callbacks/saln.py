@@ -20,8 +20,8 @@ Selection happens after the batch reaches the device, in the ``transform_train_b
 
 The price is that the dropped samples are still loaded and moved to the device; that is all an epoch-start plan
 could save, since it scores the same batches. Measured on the long-tailed digits (``benchmarks/saln_benchmark.py``,
-batch 32, keep 0.5, CPU): selection costs 0.55 ms of a 1.84 ms step and loading the whole batch 0.50 ms, so a
-plan would save about 0.25 ms per step (14%). With fixed features (raw inputs, a frozen extractor) in a
+batch 32, keep 0.5, CPU): selection costs 0.64 ms of a 2.08 ms step and loading the whole batch 0.56 ms, so a
+plan would save about 0.28 ms per step (13%). With fixed features (raw inputs, a frozen extractor) in a
 loader-bound pipeline the saving grows with the loading cost and such a plan would be worth adding; with
 DataLoader workers the loading overlaps the step. ``docs/saln.md`` has the numbers.
 

@@ -19,6 +19,7 @@ plain mean under ``natural`` and ``upsample`` and applies the current scalarizat
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, Optional, Union
 
@@ -221,7 +222,10 @@ class BalancedDataModule(LightningDataModule):
         self._group_index: Optional[GroupIndex] = None
         self._group_ids: Optional[torch.Tensor] = None
         self._horizon_samples: Optional[int] = None  # global samples over the whole run, for schedules
-        self._resume_base = (0, 0)  # (stream position, Trainer's processed batches) at the restored checkpoint
+        # (stream position, Trainer's processed batches) at the restored checkpoint, and the Trainer that restored it:
+        # a later fit with another Trainer starts a new stream.
+        self._resume_base = (0, 0)
+        self._resume_trainer: Optional[weakref.ref] = None
         self._pending_sampler_state: Optional[dict[str, Any]] = None
         self._batch_groups: Optional[torch.Tensor] = None
         self._weights_cache: dict[float, torch.Tensor] = {}
@@ -430,7 +434,8 @@ class BalancedDataModule(LightningDataModule):
         processed = trainer.fit_loop.epoch_loop.batch_progress.total.processed  # type: ignore[attr-defined]
         # Batches since the restored checkpoint count at today's global batch, earlier ones at the saved position,
         # so resuming on another number of processes continues the same stream.
-        position, processed_at_resume = self._resume_base
+        resumed = self._resume_trainer is not None and self._resume_trainer() is trainer
+        position, processed_at_resume = self._resume_base if resumed else (0, 0)
         return position + (processed - processed_at_resume) * self.batch_size * world
 
     def state_dict(self) -> dict[str, Any]:
@@ -460,6 +465,7 @@ class BalancedDataModule(LightningDataModule):
                 " the sampler's position is kept, but the sample stream differs from the original run."
             )
         self._resume_base = (int(sampler_state.get("position", 0)), int(sampler_state.get("processed", 0)))
+        self._resume_trainer = weakref.ref(self.trainer) if self.trainer is not None else None
         if self.sampler is not None:
             self.sampler.load_state_dict(sampler_state)
         else:

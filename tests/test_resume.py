@@ -85,3 +85,14 @@ def test_limited_epochs_continue_the_stream_instead_of_skipping_it():
     trainer(max_epochs=3, limit_train_batches=5, callbacks=[recorder]).fit(ToyModel(), dm)
     reference = dm.sampler.epoch_plan(0).tolist()
     assert [i for step in recorder.steps for i in step] == reference[:120]
+
+
+def test_a_new_trainer_after_a_resume_starts_a_new_stream(tmp_path):
+    full, _ = _run(tmp_path, "upsample", 5.0, save_every=13, num_workers=0)
+    checkpoint = sorted(glob.glob(os.path.join(tmp_path, "*.ckpt")))[0]
+    dm = ToyData(strategy="upsample", temperature=5.0, batch_size=8, samples_per_epoch=160, seed=4)
+    resumed, fresh = RecordIndices(), RecordIndices()
+    trainer(max_steps=STEPS, callbacks=[resumed]).fit(ToyModel(), dm, ckpt_path=checkpoint)
+    trainer(max_steps=5, callbacks=[fresh]).fit(ToyModel(), dm)  # the same DataModule, no checkpoint
+    assert resumed.steps == full.steps[13:]
+    assert fresh.steps == full.steps[:5]

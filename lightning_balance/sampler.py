@@ -348,6 +348,8 @@ class TemperatureSampler(DistributedSampler):
         """The global index sequence of ``epoch`` (``num_samples`` dataset indices), the same on every rank."""
         segments = self._segments(epoch)
         counts = self._segment_counts(epoch, segments)
+        # Later epochs continue each group's walk from this epoch's totals: keep them rather than redraw them.
+        self._epoch_counts_cache.setdefault(epoch, counts.sum(0))
         cursor = sum((self._epoch_group_counts(e) for e in range(epoch)), torch.zeros_like(self.index.counts))
         streams = [self._group_stream(g, int(cursor[g]), int(counts[:, g].sum())) for g in range(self.num_groups)]
         # Lay every segment out group by group, then shuffle it in place; the streams are freed before the

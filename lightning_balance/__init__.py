@@ -5,6 +5,7 @@ from lightning_balance.callbacks.tail_recall_monitor import TailRecallMonitor
 from lightning_balance.datamodule import BalancedDataModule, IndexedBatch, balanced_loss
 from lightning_balance.functional.spectral import spectral_scores
 from lightning_balance.functional.tail_recall import long_tail_split
+from lightning_balance.mixture import Mixture
 from lightning_balance.sampler import GroupIndex, TemperatureSampler
 from lightning_balance.schedules import Constant, Cooldown, LinearRamp, resolve_temperature
 from lightning_balance.tail_recall import TailRecall
@@ -21,6 +22,7 @@ __all__ = [
     "GroupIndex",
     "IndexedBatch",
     "LinearRamp",
+    "Mixture",
     "TailRecall",
     "TailRecallMonitor",
     "TemperatureSampler",

@@ -14,9 +14,19 @@ import math
 from collections.abc import Callable
 from typing import Union
 
+import numpy as np
+
 from lightning_balance.temperature import _validate_temperature
 
-__all__ = ["Cooldown", "Constant", "LinearRamp", "TemperatureLike", "resolve_temperature", "is_schedule"]
+__all__ = [
+    "Cooldown",
+    "Constant",
+    "LinearRamp",
+    "TemperatureLike",
+    "resolve_temperature",
+    "is_schedule",
+    "constant_runs",
+]
 
 TemperatureLike = Union[float, Callable[[float], float]]
 
@@ -133,7 +143,19 @@ def resolve_temperature(temperature: TemperatureLike, progress: float) -> float:
     if not callable(temperature):
         return _validate_temperature(temperature)
     progress = min(max(float(progress), 0.0), 1.0)
-    value = temperature(progress)
+    try:
+        value = temperature(progress)
+    except TypeError as err:
+        if isinstance(temperature, type):
+            raise TypeError(
+                f"Expected a temperature schedule instance, but got the class {temperature.__name__}. Instantiate"
+                f" it, e.g. `temperature={temperature.__name__}()`."
+            ) from err
+        name = getattr(temperature, "__name__", type(temperature).__name__)
+        raise TypeError(
+            f"The temperature schedule {name} could not be called as schedule(progress): {err}. A schedule takes"
+            " one argument, the fraction of training done in [0, 1], and returns a temperature."
+        ) from err
     try:
         return _validate_temperature(value)
     except (TypeError, ValueError):
@@ -142,3 +164,49 @@ def resolve_temperature(temperature: TemperatureLike, progress: float) -> float:
             f"The temperature schedule {name} returned {value!r} at progress {progress}; a schedule must return"
             " a temperature > 0 (or float('inf'))."
         ) from None
+
+
+def _step_progress(step: int, total_steps: int) -> float:
+    # The one place progress is computed from a step, so every caller sees the same float.
+    return min(step / total_steps, 1.0)
+
+
+def constant_runs(schedule: TemperatureLike, total_steps: int) -> tuple[np.ndarray, list[float]]:
+    """The schedule evaluated at every optimizer step, as runs of constant temperature.
+
+    Step ``s`` has progress ``s / total_steps``; from step ``total_steps`` on the schedule holds its value at
+    progress 1. Returns the first step of every run and its temperature. Known schedules are resolved in closed
+    form; any other callable is called once per step, so an excursion of a single step is found.
+
+    Example:
+        >>> constant_runs(Cooldown(5.0, 1.0, 0.5), total_steps=10)
+        (array([0, 5]), [5.0, 1.0])
+        >>> constant_runs(lambda p: 3.0 if 0.3 <= p < 0.4 else 1.0, total_steps=10)
+        (array([0, 3, 4]), [1.0, 3.0, 1.0])
+    """
+    if not callable(schedule):
+        return np.zeros(1, dtype=np.int64), [resolve_temperature(schedule, 0.0)]
+    if isinstance(schedule, Constant):
+        return np.zeros(1, dtype=np.int64), [schedule.temperature]
+    if isinstance(schedule, Cooldown) and type(schedule).__call__ is Cooldown.__call__:
+        if schedule.start == schedule.end:
+            return np.zeros(1, dtype=np.int64), [schedule.start]
+        # The first step whose progress reaches `at`, found with the same float comparison the schedule makes.
+        switch = min(max(math.ceil(schedule.at * total_steps), 0), total_steps)
+        while switch > 0 and _step_progress(switch - 1, total_steps) >= schedule.at:
+            switch -= 1
+        while switch <= total_steps and _step_progress(switch, total_steps) < schedule.at:
+            switch += 1
+        if switch == 0:
+            return np.zeros(1, dtype=np.int64), [schedule.end]
+        if switch > total_steps:
+            return np.zeros(1, dtype=np.int64), [schedule.start]
+        return np.array([0, switch], dtype=np.int64), [schedule.start, schedule.end]
+    starts: list[int] = []
+    temps: list[float] = []
+    for step in range(total_steps + 1):
+        value = resolve_temperature(schedule, _step_progress(step, total_steps))
+        if not temps or value != temps[-1]:
+            starts.append(step)
+            temps.append(value)
+    return np.asarray(starts, dtype=np.int64), temps

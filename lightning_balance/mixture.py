@@ -1,0 +1,479 @@
+r"""
+Stateless mixtures
+^^^^^^^^^^^^^^^^^^
+
+A :class:`Mixture` maps a global sample position ``k`` to a group and an example of it as a pure function of
+``(seed, group sizes, schedule, k)``. Nothing of the size of the data is built or stored: the state is O(groups)
+integers per schedule segment, a resume is one integer (the position), and seeking to position 10^11 costs the
+same as seeking to 0.
+
+How a position becomes an example
+---------------------------------
+1. **Temperature.** Position ``k`` belongs to optimizer step ``k // step_size``. The schedule is evaluated for
+   every step (progress = ``step / total_steps``), and runs of equal temperature form *segments*. The draws of a
+   step always use the temperature that :meth:`Mixture.temperature_at` reports for it, however short an
+   excursion.
+2. **Group** (``order="stratified"``, the default). The groups are the leaves of a balanced binary tree. Each
+   node sends its ``t``-th visitor left when ``floor((t + 1) q + phase)`` exceeds ``floor(t q + phase)``, where
+   ``q`` is the left subtree's share of the probability: a Sturmian (Beatty) sequence, in exact integer
+   arithmetic with ``q`` in units of 2^-32. Every prefix of the stream is then within a few draws of its quota
+   (at most the tree depth, ~log2 K) at every temperature, the counts at any position come in closed form, and
+   the phase carries across segments and temperature changes. The realised probabilities, after the 2^-32
+   rounding, are what :meth:`Mixture.probs_at` reports.
+   ``order="epoch"`` (temperature 1 only) is plain natural sampling as ``shuffle=True`` knows it: each epoch is a
+   fresh permutation of all examples, so every example is seen exactly once per epoch.
+3. **Example.** The ``d``-th draw of group ``g`` is example ``perm_{g, pass}(d mod n_g)`` with
+   ``pass = d // n_g``: a keyed Feistel permutation (:mod:`~lightning_balance.permutation`) of the group per
+   pass. No example repeats before its whole group has been seen, and since draws are counted over the whole
+   run, a temperature change neither loses nor repeats an example.
+
+The global sequence depends on nothing but ``(seed, sizes, schedule, step_size, total_steps, order)``: not the
+number of processes, DataLoader workers or per-process batch. :class:`~lightning_balance.MixtureSampler` hands
+rank ``r`` of ``R`` the positions ``r, r + R, ...`` of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, Literal, Optional, Union
+
+import numpy as np
+import torch
+
+from lightning_balance.permutation import derive_key, permute
+from lightning_balance.schedules import TemperatureLike, constant_runs, is_schedule, resolve_temperature
+from lightning_balance.temperature import temperature_probs
+
+__all__ = ["Mixture", "Order"]
+
+Order = Literal["stratified", "epoch"]
+_ORDERS = ("stratified", "epoch")
+SizesLike = Union[Sequence[int], np.ndarray, torch.Tensor]
+
+# Probabilities at a tree node are integers in units of 2^-32.
+_Q_BITS = 32
+_Q_ONE = 1 << _Q_BITS
+# Per-position arithmetic uses node-local offsets below 2^30 inside a block, so t * q + phase < 2^63 stays exact
+# in uint64; block boundaries are computed with full-width arithmetic.
+_BLOCK = 1 << 30
+# Positions are kept below 2^62 so that every full-width product fits in uint64.
+_MAX_POSITION = 1 << 62
+# Segment-start states kept at most (K * this many integers in all); the rest are recomputed from the nearest.
+_STATE_BUDGET = 1 << 22
+# Tags that keep the key streams of the different stages apart.
+_TAG_PHASE, _TAG_PASS, _TAG_EPOCH = 11, 12, 13
+
+
+def _validate_sizes(sizes: SizesLike) -> np.ndarray:
+    if isinstance(sizes, torch.Tensor):
+        sizes = sizes.detach().cpu().numpy()
+    try:
+        array = np.asarray(sizes)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"Expected argument `sizes` to be a 1-D sequence of group sizes, but got {sizes!r}.") from err
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(
+            f"Expected argument `sizes` to be a non-empty 1-D sequence (one size per group), but got shape"
+            f" {array.shape}."
+        )
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise TypeError(f"Expected argument `sizes` to hold integers, but got dtype {array.dtype}.")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or (array != np.round(array)).any():
+            bad = array[~np.isfinite(array) | (array != np.round(array))][:3].tolist()
+            raise ValueError(f"Expected argument `sizes` to hold whole numbers of examples, but found {bad}.")
+    if (array < 0).any():
+        raise ValueError(
+            f"Expected argument `sizes` to be non-negative, but groups {np.flatnonzero(array < 0)[:5].tolist()} have"
+            f" sizes {array[array < 0][:5].tolist()}."
+        )
+    array = array.astype(np.int64)
+    if not (array > 0).any():
+        raise ValueError("Expected argument `sizes` to have at least one non-empty group, but every group is empty.")
+    if int(array.sum()) >= _MAX_POSITION:
+        raise ValueError(f"Expected the total of `sizes` to be below 2^62, but got {int(array.sum())}.")
+    return array
+
+
+def _non_negative_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"Expected argument `{name}` to be a non-negative integer, but got {value!r}.")
+    return int(value)
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"Expected argument `{name}` to be a positive integer, but got {value!r}.")
+    return int(value)
+
+
+class _Tree:
+    """A balanced binary tree over groups ``0..K-1``: internal nodes ``0..K-2``, leaf of group g is ``K-1+g``."""
+
+    def __init__(self, num_groups: int) -> None:
+        k = num_groups
+        self.num_groups = k
+        self.lo = np.zeros(max(k - 1, 0), dtype=np.int64)
+        self.mid = np.zeros(max(k - 1, 0), dtype=np.int64)
+        self.hi = np.zeros(max(k - 1, 0), dtype=np.int64)
+        self.left = np.zeros(max(k - 1, 0), dtype=np.int64)
+        self.right = np.zeros(max(k - 1, 0), dtype=np.int64)
+        levels: list[list[int]] = []
+        if k > 1:
+            # Breadth first, so every node's children come after it and a level is a contiguous run of ids.
+            frontier = [(0, k)]
+            next_id = 1
+            node_of = {(0, k): 0}
+            while frontier:
+                level, upcoming = [], []
+                for lo, hi in frontier:
+                    node = node_of[(lo, hi)]
+                    mid = (lo + hi) // 2
+                    self.lo[node], self.mid[node], self.hi[node] = lo, mid, hi
+                    for child, (clo, chi) in (("left", (lo, mid)), ("right", (mid, hi))):
+                        if chi - clo == 1:
+                            target = k - 1 + clo
+                        else:
+                            target = next_id
+                            node_of[(clo, chi)] = next_id
+                            next_id += 1
+                            upcoming.append((clo, chi))
+                        getattr(self, child)[node] = target
+                    level.append(node)
+                levels.append(level)
+                frontier = upcoming
+        self.levels = [np.asarray(level, dtype=np.int64) for level in levels]
+        self.depth = len(self.levels)
+
+    def shares(self, probs: np.ndarray) -> np.ndarray:
+        """Each node's left share of its probability, as an integer in ``[0, 2^32]``."""
+        cumulative = np.concatenate([[0.0], np.cumsum(probs)])
+        total = cumulative[self.hi] - cumulative[self.lo]
+        left = cumulative[self.mid] - cumulative[self.lo]
+        right = cumulative[self.hi] - cumulative[self.mid]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(total > 0, left / np.where(total > 0, total, 1.0), 0.0)
+        q = np.rint(share * _Q_ONE).astype(np.int64)
+        # A side with any probability keeps at least one unit, so no non-empty group is rounded away.
+        q = np.where((left > 0) & (q == 0), 1, q)
+        q = np.where((right > 0) & (q == _Q_ONE), _Q_ONE - 1, q)
+        return q.astype(np.uint64)
+
+    def realised(self, q: np.ndarray) -> np.ndarray:
+        """Leaf probabilities implied by the node shares ``q`` (the rounding made exact)."""
+        k = self.num_groups
+        mass = np.zeros(2 * k - 1)
+        mass[0] = 1.0
+        if k == 1:
+            return np.ones(1)
+        share = q.astype(np.float64) / _Q_ONE
+        for level in self.levels:
+            mass[self.left[level]] = mass[level] * share[level]
+            mass[self.right[level]] = mass[level] * (1.0 - share[level])
+        return mass[k - 1 :]
+
+
+def _split_full(t: np.ndarray, q: np.ndarray, phase: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``divmod(t * q + phase, 2^32)`` exactly for ``t < 2^62``, ``q <= 2^32``, ``phase < 2^32`` (uint64)."""
+    t = t.astype(np.uint64)
+    high, low = t >> np.uint64(31), t & np.uint64((1 << 31) - 1)
+    x = high * q  # < 2^63
+    y = low * q + phase + ((x & np.uint64(1)) << np.uint64(31))  # < 2^64
+    return (x >> np.uint64(1)) + (y >> np.uint64(_Q_BITS)), y & np.uint64(_Q_ONE - 1)
+
+
+class _Segment:
+    """One run of constant temperature: its probabilities and the tree's node shares."""
+
+    def __init__(self, probs: np.ndarray, q: np.ndarray, realised: np.ndarray) -> None:
+        self.probs, self.q, self.realised = probs, q, realised
+
+
+class Mixture:
+    r"""A pure function from global sample position to (group, example), for any number of groups and examples.
+
+    Args:
+        sizes: examples per group. Group ``g`` owns the dataset indices ``[offset_g, offset_g + n_g)`` with
+            ``offset_g = n_0 + ... + n_{g-1}``. Sizes may be virtual (10^12 examples cost nothing).
+        temperature: ``T > 0`` (``float("inf")`` is uniform over the non-empty groups), or a schedule
+            ``schedule(progress) -> T`` such as :class:`~lightning_balance.Cooldown`, evaluated at every
+            optimizer step with ``progress = step / total_steps``.
+        seed: the seed of the whole stream.
+        step_size: global samples per optimizer step (the global batch times gradient accumulation). The
+            temperature changes only between steps.
+        total_steps: optimizer steps in the run; needed with a schedule (after it, the schedule holds its value at
+            progress 1).
+        order: ``"stratified"`` (default) or ``"epoch"`` (temperature 1 only: a fresh permutation of all examples
+            every ``sum(sizes)`` positions, the ``shuffle=True`` of natural sampling).
+        num_samples: optional finite length of the stream; positions at or past it are refused.
+
+    Example:
+        >>> mix = Mixture([900, 90, 10], temperature=float("inf"), seed=0)
+        >>> mix.counts(300).tolist()  # every prefix is within a few draws of its quota
+        [100, 100, 100]
+        >>> groups = mix.groups(0, 6).tolist()
+        >>> sorted(groups)
+        [0, 0, 1, 1, 2, 2]
+        >>> idx = mix.indices(0, 30)
+        >>> bool(((idx >= 990) & (idx < 1000)).sum() == 10)  # the 10 tail examples, each once
+        True
+        >>> len(set(idx[(idx >= 990)].tolist()))
+        10
+    """
+
+    def __init__(
+        self,
+        sizes: SizesLike,
+        temperature: TemperatureLike = 1.0,
+        *,
+        seed: int = 0,
+        step_size: int = 1,
+        total_steps: Optional[int] = None,
+        order: Order = "stratified",
+        num_samples: Optional[int] = None,
+    ) -> None:
+        self.sizes = _validate_sizes(sizes)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        self.total = int(self.offsets[-1])
+        self.seed = _non_negative_int(seed, "seed")
+        self.step_size = _positive_int(step_size, "step_size")
+        self.total_steps = None if total_steps is None else _positive_int(total_steps, "total_steps")
+        self.num_samples = None if num_samples is None else _positive_int(num_samples, "num_samples")
+        if order not in _ORDERS:
+            raise ValueError(f"Expected argument `order` to be one of {_ORDERS}, but got {order!r}.")
+        self.order: Order = order
+        if isinstance(temperature, type):
+            raise TypeError(
+                f"Expected argument `temperature` to be a number or a schedule instance, but got the class"
+                f" {temperature.__name__}. Instantiate it, e.g. `{temperature.__name__}()`."
+            )
+        self.temperature = temperature
+        if is_schedule(temperature):
+            if self.total_steps is None:
+                raise ValueError(
+                    f"A temperature schedule ({temperature!r}) needs the run's length: pass `total_steps=` (optimizer"
+                    " steps), since progress is step / total_steps."
+                )
+            self._seg_steps, self._seg_temps = constant_runs(temperature, self.total_steps)
+        else:
+            self._seg_steps, self._seg_temps = np.zeros(1, dtype=np.int64), [resolve_temperature(temperature, 0.0)]
+        if order == "epoch" and (len(self._seg_temps) != 1 or self._seg_temps[0] != 1.0):
+            raise ValueError(
+                f"`order='epoch'` is natural sampling (a permutation of every example per epoch) and needs temperature"
+                f" 1, but got temperature={temperature!r}. Use order='stratified' for other temperatures."
+            )
+        self._seg_starts = self._seg_steps * self.step_size
+        self._tree = _Tree(len(self.sizes))
+        self._segments: OrderedDict[int, _Segment] = OrderedDict()
+        # States at segment starts: (group draw counts, node phases). Segment 0 starts from keyed random phases.
+        phases = derive_key(self.seed, _TAG_PHASE, np.arange(max(len(self.sizes) - 1, 0))) >> np.uint64(64 - _Q_BITS)
+        self._states: dict[int, tuple[np.ndarray, np.ndarray]] = {0: (np.zeros(len(self.sizes), np.int64), phases)}
+        self._state_stride = max(1, math.ceil(len(self._seg_temps) * len(self.sizes) / _STATE_BUDGET))
+
+    # ------------------------------------------------------------------ schedule
+    @property
+    def num_groups(self) -> int:
+        return len(self.sizes)
+
+    def temperature_at(self, step: int) -> float:
+        """The temperature whose draws fill optimizer step ``step``."""
+        step = _non_negative_int(step, "step")
+        return self._seg_temps[int(np.searchsorted(self._seg_steps, step, side="right")) - 1]
+
+    def probs_at(self, step: int) -> torch.Tensor:
+        """The group probabilities realised at optimizer step ``step`` (``p(T)`` after 2^-32 rounding)."""
+        step = _non_negative_int(step, "step")
+        segment = int(np.searchsorted(self._seg_steps, step, side="right")) - 1
+        return torch.from_numpy(self._segment(segment).realised.copy())
+
+    @property
+    def segments(self) -> list[tuple[int, float]]:
+        """``(first optimizer step, temperature)`` of every constant-temperature run of the schedule."""
+        return [(int(s), t) for s, t in zip(self._seg_steps.tolist(), self._seg_temps)]
+
+    # ------------------------------------------------------------------ counts
+    def counts(self, position: int) -> torch.Tensor:
+        """Draws of every group among the positions before ``position`` (int64 ``[K]``)."""
+        position = self._check_position(position, "position")
+        if self.order == "epoch":
+            return torch.from_numpy(self._epoch_counts(position))
+        segment, block_start = self._locate(position)
+        counts, phase = self._block_state(segment, block_start)
+        extra, _ = self._descend(self._segment(segment).q, phase, position - block_start)
+        return torch.from_numpy(counts + extra)
+
+    def epochs(self, position: int) -> torch.Tensor:
+        """How many times each group's data has been gone through before ``position`` (float64 ``[K]``)."""
+        counts = self.counts(position).double()
+        sizes = torch.from_numpy(self.sizes).double()
+        return torch.where(sizes > 0, counts / sizes.clamp_min(1), torch.zeros_like(counts))
+
+    # ------------------------------------------------------------------ positions
+    def groups(self, start: int, stop: int) -> torch.Tensor:
+        """The group of each global position in ``[start, stop)`` (int64)."""
+        return torch.from_numpy(self._draws(start, stop)[0])
+
+    def indices(self, start: int, stop: int) -> torch.Tensor:
+        """The dataset index of each global position in ``[start, stop)`` (int64)."""
+        groups, draws = self._draws(start, stop)
+        if self.order == "epoch":
+            return torch.from_numpy(draws)
+        sizes = self.sizes[groups]
+        passes, within = np.divmod(draws, sizes)
+        local = permute(within, sizes, derive_key(self.seed, _TAG_PASS, groups, passes)).astype(np.int64)
+        return torch.from_numpy(self.offsets[groups] + local)
+
+    def config(self) -> dict[str, Any]:
+        """Plain values that identify the stream, for checkpoints: a resume must match them."""
+        digest = hashlib.sha1(self.sizes.tobytes()).hexdigest()[:16]
+        return {
+            "num_groups": self.num_groups,
+            "total": self.total,
+            "sizes_digest": digest,
+            "seed": self.seed,
+            "order": self.order,
+            "step_size": self.step_size,
+            "total_steps": self.total_steps,
+            "segments": [[s, t] for s, t in self.segments][:64],
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"Mixture(groups={self.num_groups}, examples={self.total}, temperature={self.temperature!r},"
+            f" seed={self.seed}, step_size={self.step_size}, total_steps={self.total_steps}, order={self.order!r})"
+        )
+
+    # ------------------------------------------------------------------ internals
+    def _check_position(self, value: Any, name: str) -> int:
+        value = _non_negative_int(value, name)
+        limit = self.num_samples if self.num_samples is not None else _MAX_POSITION
+        if value > limit:
+            raise ValueError(
+                f"Expected argument `{name}` to be at most the stream's length {limit}, but got {value}."
+                + (" Raise `num_samples`, or leave it unset for an endless stream." if self.num_samples else "")
+            )
+        return value
+
+    def _segment(self, index: int) -> _Segment:
+        cached = self._segments.get(index)
+        if cached is not None:
+            self._segments.move_to_end(index)
+            return cached
+        probs = temperature_probs(self.sizes, self._seg_temps[index]).numpy()
+        q = self._tree.shares(probs)
+        segment = _Segment(probs, q, self._tree.realised(q))
+        self._segments[index] = segment
+        if len(self._segments) > 64:
+            self._segments.popitem(last=False)
+        return segment
+
+    def _locate(self, position: int) -> tuple[int, int]:
+        """The segment holding ``position`` and the start of its block."""
+        segment = int(np.searchsorted(self._seg_starts, position, side="right")) - 1
+        seg_start = int(self._seg_starts[segment])
+        return segment, seg_start + (position - seg_start) // _BLOCK * _BLOCK
+
+    def _descend(self, q: np.ndarray, phase: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Group counts among the first ``length`` positions from a state, and the node phases after them."""
+        k = self.num_groups
+        if k == 1:
+            return np.array([length], dtype=np.int64), phase
+        visits = np.zeros(2 * k - 1, dtype=np.uint64)
+        visits[0] = length
+        after = phase.copy()
+        for level in self._tree.levels:
+            left, rest = _split_full(visits[level], q[level], phase[level])
+            after[level] = rest
+            visits[self._tree.left[level]] = left
+            visits[self._tree.right[level]] = visits[level] - left
+        return visits[k - 1 :].astype(np.int64), after
+
+    def _segment_state(self, segment: int) -> tuple[np.ndarray, np.ndarray]:
+        """(group counts, node phases) at the start of ``segment``."""
+        if segment in self._states:
+            return self._states[segment]
+        known = max(s for s in self._states if s <= segment)
+        counts, phase = self._states[known]
+        for s in range(known, segment):
+            length = int(self._seg_starts[s + 1] - self._seg_starts[s])
+            extra, phase = self._descend(self._segment(s).q, phase, length)
+            counts = counts + extra
+            if (s + 1) % self._state_stride == 0:
+                self._states[s + 1] = (counts, phase)
+        return counts, phase
+
+    def _block_state(self, segment: int, block_start: int) -> tuple[np.ndarray, np.ndarray]:
+        counts, phase = self._segment_state(segment)
+        offset = block_start - int(self._seg_starts[segment])
+        if offset == 0:
+            return counts, phase
+        extra, phase = self._descend(self._segment(segment).q, phase, offset)
+        return counts + extra, phase
+
+    def _epoch_counts(self, position: int) -> np.ndarray:
+        epoch, within = divmod(position, self.total)
+        counts = self.sizes * epoch
+        if within:
+            _, draws = self._draws(epoch * self.total, position)
+            groups = np.searchsorted(self.offsets, draws, side="right") - 1
+            counts = counts + np.bincount(groups, minlength=self.num_groups)
+        return counts
+
+    def _draws(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Group and per-group draw number (for ``order='epoch'``: dataset index) of positions ``[start, stop)``."""
+        start = self._check_position(start, "start")
+        stop = self._check_position(stop, "stop")
+        if stop < start:
+            raise ValueError(f"Expected `start <= stop`, but got start={start}, stop={stop}.")
+        if self.order == "epoch":
+            return self._epoch_draws(start, stop)
+        groups, draws = [], []
+        position = start
+        while position < stop:
+            segment, block_start = self._locate(position)
+            seg_end = int(self._seg_starts[segment + 1]) if segment + 1 < len(self._seg_starts) else _MAX_POSITION
+            end = min(stop, seg_end, block_start + _BLOCK)
+            g, d = self._block_draws(segment, block_start, position - block_start, end - block_start)
+            groups.append(g)
+            draws.append(d)
+            position = end
+        if not groups:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(groups), np.concatenate(draws)
+
+    def _block_draws(self, segment: int, block_start: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        counts, phase = self._block_state(segment, block_start)
+        k = self.num_groups
+        t = np.arange(lo, hi, dtype=np.uint64)
+        if k == 1:
+            return np.zeros(len(t), np.int64), counts[0] + t.astype(np.int64)
+        q = self._segment(segment).q
+        tree = self._tree
+        node = np.zeros(len(t), dtype=np.int64)
+        one = np.uint64(_Q_ONE)
+        mask = np.uint64(_Q_ONE - 1)
+        active = np.arange(len(t))
+        for _ in range(tree.depth):
+            at = node[active]
+            qa, tt = q[at], t[active]
+            # Offsets inside a block are < 2^30, so t * q + phase < 2^63 is exact without splitting.
+            value = tt * qa + phase[at]
+            before = value >> np.uint64(_Q_BITS)
+            goes_left = (value & mask) + qa >= one
+            t[active] = np.where(goes_left, before, tt - before)
+            node[active] = np.where(goes_left, tree.left[at], tree.right[at])
+            active = active[node[active] < k - 1]
+            if active.size == 0:
+                break
+        groups = node - (k - 1)
+        return groups, counts[groups] + t.astype(np.int64)
+
+    def _epoch_draws(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        positions = np.arange(start, stop, dtype=np.int64)
+        epochs, within = np.divmod(positions, self.total)
+        index = permute(within, self.total, derive_key(self.seed, _TAG_EPOCH, epochs)).astype(np.int64)
+        groups = np.searchsorted(self.offsets, index, side="right") - 1
+        return groups, index

@@ -23,9 +23,11 @@ from lightning_balance.functional.tail_recall import (
     _tail_recall_arg_validation,
     _tail_recall_compute,
     _tail_recall_format,
+    _tail_recall_non_finite,
     _tail_recall_tensor_validation,
     _tail_recall_update,
     _warn_empty_splits,
+    _warn_non_finite,
 )
 
 __all__ = ["TailRecall"]
@@ -52,6 +54,10 @@ class TailRecall(Metric):
     an absent class still count as false negatives of the classes the samples belong to. (scikit-learn gives
     such a class F1 = 0 instead.)
 
+    A prediction row with a NaN or inf value (a diverged model) is a wrong prediction for every class: a false
+    negative of its target that predicts no class, never the arg-max of its NaN. ``compute`` warns once per
+    metric instance with the number of such rows.
+
     As input to ``update`` the metric accepts:
 
     - ``preds``: logits or probabilities, a float tensor of shape ``(N, C, ...)``, or labels, an integer
@@ -62,8 +68,8 @@ class TailRecall(Metric):
     per-class recall), ``per_class`` (shape ``(C,)``), and ``f1_head``, ``f1_medium``, ``f1_tail``,
     ``f1_macro``, ``f1_worst``, ``per_class_f1``.
 
-    The states are three int64 counters per class (true positives, false positives, false negatives) summed
-    across processes, so the result under DDP equals the single-process result on the same samples. (If a
+    The states are three int64 counters per class (true positives, false positives, false negatives) and one
+    count of non-finite prediction rows, summed across processes, so the result under DDP equals the single-process result on the same samples. (If a
     distributed sampler repeats samples to even out the shards, those repeats are counted too.)
 
     Args:
@@ -104,6 +110,7 @@ class TailRecall(Metric):
     tp: Tensor
     fp: Tensor
     fn: Tensor
+    non_finite: Tensor
 
     def __init__(
         self,
@@ -136,6 +143,8 @@ class TailRecall(Metric):
 
         for name in ("tp", "fp", "fn"):
             self.add_state(name, default=torch.zeros(self.num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        # A counter, not a per-update warning: reading it on the host every batch would synchronise the device.
+        self.add_state("non_finite", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
     @property
     def splits(self) -> dict[str, Tensor]:
@@ -151,6 +160,7 @@ class TailRecall(Metric):
         self.tp += tp
         self.fp += fp
         self.fn += fn
+        self.non_finite += _tail_recall_non_finite(preds)
 
     def forward(self, preds: Tensor, target: Tensor) -> dict[str, Tensor]:
         """Add the batch to the counts and return the values of this batch alone."""
@@ -166,4 +176,7 @@ class TailRecall(Metric):
         """Recall and F1 per split, macro, worst and per class from the accumulated (and synced) counts."""
         if not self._batch_value:
             _warn_empty_splits(self._masks, self.tp + self.fn, self._warned, self._describe)
+            if "non_finite" not in self._warned and int(self.non_finite):
+                self._warned.add("non_finite")
+                _warn_non_finite(int(self.non_finite), int((self.tp + self.fn).sum()))
         return _tail_recall_compute(self.tp, self.fp, self.fn, self._masks)

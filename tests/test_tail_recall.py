@@ -82,8 +82,8 @@ def test_metric_accumulates_batches_like_one_call_and_like_sklearn():
 
 def test_metric_states_are_int64_counters_reduced_by_sum():
     metric = TailRecall(COUNTS)
-    assert set(metric._defaults) == {"tp", "fp", "fn"}
-    assert all(metric._reductions[name] is not None for name in ("tp", "fp", "fn"))
+    assert set(metric._defaults) == {"tp", "fp", "fn", "non_finite"}
+    assert all(metric._reductions[name] is not None for name in ("tp", "fp", "fn", "non_finite"))
     metric.update(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]))
     assert metric.tp.dtype == torch.long and metric.tp.shape == (12,)
     assert metric.tp[:2].tolist() == [1, 1] and metric.fp[:2].tolist() == [0, 1] and metric.fn[:2].tolist() == [1, 0]
@@ -321,3 +321,48 @@ def test_ignored_positions_may_hold_out_of_range_predictions():
 def test_non_tensor_input():
     with pytest.raises(ValueError, match="Expected argument `preds` to be a torch.Tensor"):
         tail_recall([0, 1], torch.tensor([0, 1]), [300, 50, 5])
+
+
+# ----------------------------------------------------------------------------------------------- non-finite rows
+NAN, INF = float("nan"), float("inf")
+
+
+def test_non_finite_rows_are_wrong_for_every_class_not_the_arg_max_of_their_nan():
+    counts = [300, 50, 10]
+    target = torch.tensor([0, 0, 1, 2])
+    logits = torch.tensor([[NAN, 0.0, 0.0], [INF, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 3.0, 0.0]])
+    with pytest.warns(UserWarning, match="2 of 4 prediction rows held NaN or inf"):
+        out = tail_recall(logits, target, counts)
+    # As if the two rows predicted a class that does not exist: false negatives of class 0, no false positive.
+    assert out["per_class"].tolist() == [0.0, 1.0, 0.0]
+    assert out["head"].item() == 0.0
+    assert out["per_class_f1"].tolist() == pytest.approx([0.0, 2 / 3, 0.0])
+
+
+def test_a_diverged_model_scores_zero_not_perfect_head_recall():
+    target = torch.tensor([0, 0, 1, 2, 2])
+    metric = TailRecall([300, 50, 10])
+    metric.update(torch.full((5, 3), NAN), target)
+    with pytest.warns(UserWarning, match="5 of 5 prediction rows held NaN or inf"):
+        out = metric.compute()
+    assert out["per_class"].tolist() == [0.0, 0.0, 0.0]
+    assert metric.fp.tolist() == [0, 0, 0] and metric.fn.tolist() == [2, 1, 2]
+    # The warning is given once per instance, however often compute runs.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metric.compute()
+
+
+def test_non_finite_positions_of_extra_dimensions_and_ignored_entries():
+    # (N, C, L) logits: only the (sample, position) pairs with a non-finite value are affected.
+    logits = torch.zeros(2, 3, 2)
+    logits[:, 1] = 1.0  # every position predicts class 1
+    logits[0, 2, 1] = NAN
+    logits[1, 0, 1] = -INF
+    target = torch.tensor([[1, 1], [1, -100]])  # the -inf position is ignored: it neither counts nor warns
+    with pytest.warns(UserWarning, match="1 of 3 prediction rows"):
+        out = tail_recall(logits, target, [300, 50, 10], ignore_index=-100)
+    assert out["per_class"][1].item() == pytest.approx(2 / 3)
+    metric = TailRecall([300, 50, 10], ignore_index=-100)
+    metric.update(logits, target)
+    assert int(metric.non_finite) == 1

@@ -290,3 +290,31 @@ def test_domain_groups_are_not_taken_for_class_counts():
         make_trainer(max_steps=1, limit_val_batches=1, callbacks=[TailRecallMonitor()]).fit(
             ToyModel(num_classes=3), Domains(batch_size=8)
         )
+
+
+def test_a_diverged_model_logs_zero_recall_not_perfect_head_recall(tmp_path):
+    class Diverged(_Model):
+        def validation_step(self, batch, batch_idx):
+            return {"preds": torch.full((len(batch[0]), NUM_CLASSES), float("nan"))}
+
+    trainer = _trainer(tmp_path, TailRecallMonitor(class_counts=COUNTS), num_sanity_val_steps=0)
+    with pytest.warns(UserWarning, match="48 of 48 prediction rows held NaN or inf"):
+        trainer.fit(Diverged())
+    (row,) = _logged_rows(trainer)
+    for name in ("head", "medium", "tail", "macro", "worst"):
+        assert float(row[f"val/recall_{name}"]) == 0.0 and float(row[f"val/f1_{name}"]) == 0.0
+
+
+def test_the_extra_forward_pass_treats_nan_logits_the_same_way(tmp_path):
+    class Diverged(_Model):
+        def forward(self, x):
+            return self.layer(x) * float("nan")
+
+        def validation_step(self, batch, batch_idx):
+            return None  # the monitor calls forward itself
+
+    trainer = _trainer(tmp_path, TailRecallMonitor(class_counts=COUNTS), num_sanity_val_steps=0)
+    with pytest.warns(UserWarning, match="48 of 48 prediction rows held NaN or inf"):
+        trainer.fit(Diverged())
+    (row,) = _logged_rows(trainer)
+    assert float(row["val/recall_head"]) == 0.0 and float(row["val/recall_macro"]) == 0.0

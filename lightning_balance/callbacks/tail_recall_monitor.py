@@ -45,7 +45,8 @@ class TailRecallMonitor(Callback):
     ``val/f1_tail``, ``val/f1_macro``, ``val/f1_worst``, and with ``log_per_class=True`` also
     ``val/recall_class_{c}`` and ``val/f1_class_{c}``. Values follow :class:`~lightning_balance.TailRecall`:
     classes without a validation target are left out of the averages, and a split without such classes is
-    logged as ``NaN``.
+    logged as ``NaN``. Logits with NaN or inf values, from ``validation_step`` or from the extra forward pass
+    below, count as wrong predictions (the metric never takes the arg-max of a NaN), with one warning.
 
     **Training counts.** ``class_counts`` if given, else ``trainer.datamodule.group_counts`` after the
     DataModule's ``setup`` (as :class:`~lightning_balance.BalancedDataModule` provides) when its groups are the

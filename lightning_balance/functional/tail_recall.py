@@ -34,6 +34,14 @@ false negative of the class the sample really belongs to, and lowers that class'
 scikit-learn instead reports F1 = 0 for a class that is predicted but never a target; that 0 depends only on
 whether the model happened to predict the class, and would enter the averages for that reason alone.
 
+Non-finite predictions
+----------------------
+A row of logits or probabilities that holds a NaN or an infinite value (a diverged model) has no meaningful
+arg-max: ``torch.argmax`` would return the position of the first NaN, so a model whose every output is NaN would
+score perfect recall on class 0. Such a row counts as a wrong prediction for every class instead: a false
+negative of its target class and a prediction of no class (no false positive anywhere). Every evaluation that
+meets such rows warns with their number.
+
 The statistics are per-class counts of true positives, false positives and false negatives, which add up
 across batches and processes, so the result is exact however the data is split.
 """
@@ -56,6 +64,8 @@ SplitLike = Literal["absolute", "quantile"]
 
 SPLITS = ("head", "medium", "tail")
 _ALLOWED_SPLITS = ("absolute", "quantile")
+# The label given to a prediction row with NaN or inf values: it matches no target and predicts no class.
+_NO_PREDICTION = -1
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -282,9 +292,13 @@ def _tail_recall_tensor_validation(
 
 
 def _tail_recall_format(preds: Tensor, target: Tensor, ignore_index: Optional[int] = None) -> tuple[Tensor, Tensor]:
-    """Turn logits/probabilities into labels, flatten, and drop the entries whose target is ``ignore_index``."""
+    """Turn logits/probabilities into labels, flatten, and drop the entries whose target is ``ignore_index``.
+
+    A row of ``preds`` with a NaN or inf value becomes ``_NO_PREDICTION``: argmax would pick its first NaN.
+    """
     if preds.is_floating_point():
-        preds = preds.argmax(dim=1)
+        finite = torch.isfinite(preds).all(dim=1)
+        preds = torch.where(finite, preds.argmax(dim=1), _NO_PREDICTION)
     preds = preds.reshape(-1).long()
     target = target.reshape(-1).long()
     if ignore_index is not None:
@@ -299,9 +313,25 @@ def _tail_recall_update(preds: Tensor, target: Tensor, num_classes: int) -> tupl
     Three bincounts instead of a ``C x C`` confusion matrix: memory stays O(C) for thousands of classes.
     """
     support = torch.bincount(target, minlength=num_classes)
-    predicted = torch.bincount(preds, minlength=num_classes)
+    # Shifted by one so that `_NO_PREDICTION` rows fall in bin 0 and predict no class, without a masking sync.
+    predicted = torch.bincount(preds - _NO_PREDICTION, minlength=num_classes + 1)[1:]
     tp = torch.bincount(target[preds == target], minlength=num_classes)
     return tp, predicted - tp, support - tp
+
+
+def _tail_recall_non_finite(preds: Tensor) -> Tensor:
+    """How many of the formatted predictions came from rows with NaN or inf values (an int64 scalar tensor)."""
+    return (preds == _NO_PREDICTION).sum()
+
+
+def _warn_non_finite(count: int, total: Optional[int] = None) -> None:
+    if count:
+        of = "" if total is None else f" of {total}"
+        rank_zero_warn(
+            f"{count}{of} prediction rows held NaN or inf values (has the model diverged?). Each counts as a wrong"
+            " prediction: a false negative of its target class that predicts no class.",
+            UserWarning,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -396,7 +426,8 @@ def tail_recall(
     Classes are split by their training counts (see :func:`long_tail_split`); by default head is
     ``count > 100``, medium ``20 <= count <= 100`` and tail ``count < 20``. A class with no target in
     ``target`` is ``NaN`` and left out of every average; a split none of whose classes occurs in ``target`` is
-    ``NaN`` and warns.
+    ``NaN`` and warns. A row of ``preds`` with a NaN or inf value is a wrong prediction (a false negative of its
+    target, a prediction of no class), and their number is reported in a warning.
 
     Args:
         preds: logits or probabilities as a float tensor of shape ``(N, C, ...)`` (the arg-max is taken over
@@ -433,6 +464,9 @@ def tail_recall(
         (tensor(1.), tensor(0.5000), tensor(0.5000), tensor(0.6667), tensor(0.5000))
         >>> out["per_class_f1"]
         tensor([0.8000, 0.6667, 0.6667,    nan])
+        >>> logits = torch.tensor([[float("nan"), 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0]])  # a diverged row
+        >>> tail_recall(logits, torch.tensor([0, 1]), counts)["per_class"]
+        tensor([0., 1., nan, nan])
     """
     if validate_args:
         counts = _tail_recall_arg_validation(class_counts, many, few, split, tail_fraction, head_fraction, ignore_index)
@@ -443,5 +477,6 @@ def tail_recall(
     masks = _split_masks(counts, many, few, split, tail_fraction, head_fraction)
     preds, target = _tail_recall_format(preds, target, ignore_index)
     tp, fp, fn = _tail_recall_update(preds, target, num_classes)
+    _warn_non_finite(int(_tail_recall_non_finite(preds)), preds.numel())
     _warn_empty_splits(masks, tp + fn, set(), _describe_split(split, many, few))
     return _tail_recall_compute(tp, fp, fn, masks)

@@ -3,14 +3,16 @@
 import glob
 import math
 import os
+import warnings
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from lightning_balance import BalancedDataModule, LinearRamp
 from lightning_balance.callbacks import SALN
@@ -85,9 +87,9 @@ class CountingExtractor(nn.Module):
         return out.reshape(len(x), *self.out_shape) if self.out_shape else out
 
 
-def fit(callbacks, model=None, max_steps=12, **dm_kwargs):
+def fit(callbacks, model=None, max_steps=12, data=None, **dm_kwargs):
     dm_kwargs = {"batch_size": 16, "samples_per_epoch": 96, **dm_kwargs}
-    dm = ToyData(sizes=SIZES, **dm_kwargs)
+    dm = data if data is not None else ToyData(sizes=SIZES, **dm_kwargs)
     model = model or LossModel()
     torch.manual_seed(0)
     trainer(max_steps=max_steps, callbacks=callbacks).fit(model, dm)
@@ -125,9 +127,9 @@ def test_loss_baseline_keeps_the_highest_learner_losses():
         assert kept == [full[i] for i in top.tolist()]
 
 
-def test_learnability_subtracts_the_cached_reference_loss():
+def test_rho_loss_subtracts_the_cached_reference_loss():
     before, after, reference = Record(), Record(), Reference()
-    fit([before, SALN(keep=0.5, method="learnability", reference=reference), after], max_steps=30)
+    fit([before, SALN(keep=0.5, method="rho_loss", reference=reference), after], max_steps=30)
     for full, kept, x in zip(before.steps, after.steps, before.inputs, strict=True):
         top = torch.topk(x[:, 0] - x[:, 1], 8).indices.sort().values
         assert kept == [full[i] for i in top.tolist()]
@@ -323,8 +325,12 @@ def test_bad_keep_schedule_fails_at_construction():
     ({"inputs": 1.5}, "`inputs`.*1.5"),
     ({"score": "fiedler"}, "`score`.*'fiedler'"),
     ({"protect_groups_below": 0}, "`protect_groups_below`.*0"),
-    ({"method": "learnability"}, "`reference` is None"),
-    ({"method": "learnability", "reference": nn.Linear(2, 2)}, "`reference`.*per_sample_loss.*Linear"),
+    ({"method": "rho_loss"}, "`reference` is None"),
+    ({"method": "rho_loss", "reference": nn.Linear(2, 2)}, "`reference`.*per_sample_loss.*Linear"),
+    ({"select": "image"}, "`select`.*'image'"),
+    ({"select": []}, r"`select`.*\[\]"),
+    ({"select": (0, 1.5)}, r"`select`.*1.5"),
+    ({"select": (True,)}, r"`select`.*True"),
 ])
 def test_invalid_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -381,3 +387,201 @@ def test_select_top_k_matches_a_brute_force_ranking():
         want = torch.tensor(ranked[:k], dtype=torch.long)
         assert sorted(scores[kept].tolist()) == sorted(scores[want].tolist())
         assert protected[kept].sum() == min(k, int(protected.sum()))
+
+
+# ---------------------------------------------------------------------------------------------- RHO-LOSS naming
+
+
+def test_learnability_is_a_deprecated_alias_of_rho_loss():
+    with pytest.warns(DeprecationWarning, match="method='rho_loss'"):
+        old = SALN(keep=0.5, method="learnability", reference=Reference())
+    assert old.method == "rho_loss"
+    # Old checkpoints keep their state key; the selection is the same.
+    assert "'method': 'learnability'" in old.state_key
+    runs = []
+    for saln in (old, SALN(keep=0.5, method="rho_loss", reference=Reference())):
+        after = Record()
+        fit([saln, after], max_steps=4)
+        runs.append(after.steps)
+    assert runs[0] == runs[1]
+
+
+def test_numpy_scalars_are_accepted():
+    after = Record()
+    fit([SALN(keep=np.float32(0.25), protect_groups_below=np.int64(20), seed=np.int64(3)), after], max_steps=2)
+    assert [len(s) for s in after.steps] == [4, 4]
+
+
+# ---------------------------------------------------------------------------------------------- what is cut
+
+B, C = 16, 16  # a table over the C classes of a batch that happens to hold C samples
+
+
+class PairwiseData(ToyData):
+    """Batches `(x, y, mask, table)`: a [B, B] mask over the batch and a [C] table, not per-sample."""
+
+    def __init__(self, extra="pairwise", **kwargs) -> None:
+        super().__init__(batch_size=B, samples_per_epoch=96, **kwargs)
+        self.collate_fn = self._collate
+        self.extra = extra
+
+    def _collate(self, samples):
+        x, y = default_collate(samples)
+        if self.extra == "pairwise":
+            return x, y, (y[:, None] == y[None, :]), torch.arange(C) * 10
+        if self.extra == "time_first":
+            return x, y, x.T.clone()  # [4, B]
+        return x, y, torch.arange(10)  # a [10] table
+
+
+class PairwiseModel(LossModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.extras: list = []
+
+    def training_step(self, batch, batch_idx):
+        self.extras.append([t.clone() for t in batch[2:]])
+        return super().training_step(batch[:2], batch_idx)
+
+
+def test_select_positions_cut_only_the_per_sample_entries():
+    before, after, model = Record(), Record(), PairwiseModel()
+    fit([before, SALN(keep=0.5, select=(0, 1)), after], model=model, max_steps=3, data=PairwiseData())
+    for x, kept, (mask, table) in zip(model.train_batches, after.steps, model.extras, strict=True):
+        assert x.shape == (8, 4) and len(kept) == 8
+        assert mask.shape == (B, B)  # passed on whole
+        torch.testing.assert_close(table, torch.arange(C) * 10)
+
+
+def test_select_callable_cuts_a_pairwise_mask_on_both_dimensions():
+    def select(batch, keep):
+        x, y, mask, table = batch
+        return x[keep], y[keep], mask[keep][:, keep], table
+
+    before, after, model = Record(), Record(), PairwiseModel()
+    fit([before, SALN(keep=0.5, select=select), after], model=model, max_steps=3, data=PairwiseData())
+    for y, (mask, table) in zip(model.train_targets, model.extras, strict=True):
+        torch.testing.assert_close(mask, y[:, None] == y[None, :])  # the mask of the kept samples
+        torch.testing.assert_close(table, torch.arange(C) * 10)
+
+
+def test_select_keys_of_a_dict_batch():
+    class DictData(ToyData):
+        def __init__(self):
+            super().__init__(batch_size=B, samples_per_epoch=96)
+            self.collate_fn = lambda samples: {
+                "x": default_collate(samples)[0], "y": default_collate(samples)[1], "table": torch.arange(C)
+            }
+
+    class DictModel(ToyModel):
+        def training_step(self, batch, batch_idx):
+            assert batch["x"].shape == (8, 4) and batch["y"].shape == (8,) and batch["table"].shape == (C,)
+            return nn.functional.cross_entropy(self(batch["x"]), batch["y"])
+
+    fit([SALN(keep=0.5, inputs="x", select=["x", "y"])], model=DictModel(), max_steps=2, data=DictData())
+    with pytest.raises(ValueError, match=r"`select`.*\['label'\].*\['x', 'y', 'table'\]"):
+        fit([SALN(keep=0.5, inputs="x", select=["x", "label"])], model=DictModel(), max_steps=1, data=DictData())
+
+
+def test_select_refuses_an_entry_that_is_not_per_sample():
+    with pytest.raises(ValueError, match=r"batch\[2\] as per-sample.*batch size 16.*\(4, 16\)"):
+        fit([SALN(keep=0.5, select=(0, 1, 2))], model=PairwiseModel(), max_steps=1, data=PairwiseData("time_first"))
+
+
+def test_default_refuses_a_square_tensor_that_is_not_the_input():
+    # Before `select` existed the [B, B] mask was cut to [k, B] and the [C] table to [k], silently.
+    with pytest.raises(ValueError, match=r"batch\[2\] of shape \(16, 16\) is \[B, B, \.\.\.\].*SALN\(select=\.\.\.\)"):
+        fit([SALN(keep=0.5)], model=PairwiseModel(), max_steps=1, data=PairwiseData())
+
+
+def test_default_refuses_a_time_first_tensor():
+    with pytest.raises(ValueError, match=r"batch\[2\] of shape \(4, 16\).*second dimension.*select="):
+        fit([SALN(keep=0.5)], model=PairwiseModel(), max_steps=1, data=PairwiseData("time_first"))
+
+
+def test_default_warns_once_about_a_tensor_that_is_not_per_sample():
+    model = PairwiseModel()
+    with pytest.warns(UserWarning, match=r"batch\[2\] of shape \(10,\) is not per-sample.*select=") as record:
+        fit([SALN(keep=0.5)], model=model, max_steps=3, data=PairwiseData("table"))
+    assert sum("is not per-sample" in str(w.message) for w in record) == 1
+    assert all(table.shape == (10,) for (table,) in model.extras)
+
+
+def test_default_accepts_square_inputs():
+    # Inputs with as many features as samples are still one row per sample: no error, no warning.
+    class Square(BalancedDataModule):
+        def setup(self, stage=None):
+            self.train_dataset = TensorDataset(torch.randn(64, 16), torch.arange(64) % 4)
+
+    class SquareModel(LossModel):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(16, 4)
+
+    model = SquareModel()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*SALN.*")
+        trainer(max_steps=2, callbacks=[SALN(keep=0.5)]).fit(model, Square(batch_size=16))
+    assert [tuple(b.shape) for b in model.train_batches] == [(8, 16)] * 2
+
+
+# ---------------------------------------------------------------------------------------------- precision
+
+
+class AutocastRecorder(nn.Module):
+    """A frozen extractor (and reference) that records whether it ran under CPU autocast and its output dtype."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 3)
+        self.autocast: list[bool] = []
+        self.dtypes: list[torch.dtype] = []
+
+    def forward(self, x):
+        self.autocast.append(torch.is_autocast_enabled("cpu"))
+        out = self.proj(x)
+        self.dtypes.append(out.dtype)
+        return out
+
+    def per_sample_loss(self, batch):
+        return self(batch[0])[:, 0]
+
+
+class AutocastModel(LossModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.autocast: list[bool] = []
+
+    def per_sample_loss(self, batch):
+        self.autocast.append(torch.is_autocast_enabled("cpu"))
+        return self.layer(batch[0])[:, 0]
+
+    def embed(self, batch):
+        self.autocast.append(torch.is_autocast_enabled("cpu"))
+        return self.layer(batch[0])
+
+
+@pytest.mark.parametrize("source", ["extractor", "embed", "feature_fn", "loss", "rho_loss"])
+def test_scoring_forwards_run_under_the_trainers_autocast(source):
+    recorder, model = AutocastRecorder(), AutocastModel()
+    seen: list[bool] = []
+
+    def feature_fn(module, batch):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return module.layer(batch[0])
+
+    kwargs = {
+        "extractor": {"features": recorder},
+        "embed": {"features": "embed"},
+        "feature_fn": {"features": feature_fn},
+        "loss": {"method": "loss"},
+        "rho_loss": {"method": "rho_loss", "reference": recorder},
+    }[source]
+    dm = ToyData(sizes=SIZES, batch_size=16, samples_per_epoch=96)
+    trainer(max_steps=3, precision="bf16-mixed", callbacks=[SALN(keep=0.5, **kwargs)]).fit(model, dm)
+    flags = recorder.autocast + model.autocast + seen
+    assert flags and all(flags)
+    if recorder.dtypes:
+        assert set(recorder.dtypes) == {torch.bfloat16}
+    # Nothing leaks out of the context: the scores themselves are computed after it closes.
+    assert not torch.is_autocast_enabled("cpu")

@@ -366,3 +366,15 @@ def test_non_finite_positions_of_extra_dimensions_and_ignored_entries():
     metric = TailRecall([300, 50, 10], ignore_index=-100)
     metric.update(logits, target)
     assert int(metric.non_finite) == 1
+
+
+def test_torchmetrics_macro_recall_drops_an_absent_class_only_while_it_is_never_predicted():
+    # The README's comparison, checked against the installed torchmetrics.
+    from torchmetrics.classification import MulticlassRecall
+
+    counts, target = [300, 50, 10], torch.tensor([0, 0, 1, 1])  # class 2 never occurs
+    for preds, torchmetrics_macro in ((torch.tensor([0, 0, 1, 0]), 0.75), (torch.tensor([0, 2, 1, 0]), 1 / 3)):
+        ours = tail_recall(preds, target, counts)["macro"].item()
+        theirs = MulticlassRecall(num_classes=3, average="macro")(preds, target).item()
+        assert theirs == pytest.approx(torchmetrics_macro)
+        assert ours == pytest.approx(0.75 if torchmetrics_macro == 0.75 else 0.5)

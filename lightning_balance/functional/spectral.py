@@ -6,11 +6,12 @@ The scoring step of SALN (Sharifi, MLKD 2024, arXiv 2412.17069): build the cosin
 samples of a batch, take its Laplacian, and score every sample from the **Fiedler vector** (the eigenvector
 of the second-smallest eigenvalue), which splits the batch along its weakest cut.
 
-The paper leaves the details open; each is an option of :func:`spectral_scores`, and the defaults
-(``laplacian="random_walk"``, ``negative="clamp"``, ``score="boundary"``) are the variant that trained best in
-``benchmarks/saln_benchmark.py`` (numbers in ``docs/saln.md``):
+The paper's Laplacian is the plain :math:`L = D - S` (``laplacian="plain"``); it leaves the other details open.
+Each is an option of :func:`spectral_scores`, and the defaults (``laplacian="random_walk"``, ``negative="clamp"``,
+``score="boundary"``) are the variant that trained best in ``benchmarks/saln_benchmark.py`` (numbers in
+``docs/saln.md``); the default Laplacian is therefore not the paper's:
 
-* ``laplacian``: ``"plain"`` :math:`L = D - S`, ``"normalized"``
+* ``laplacian``: ``"plain"`` :math:`L = D - S` (the paper's), ``"normalized"``
   :math:`L = I - D^{-1/2} S D^{-1/2}`, or ``"random_walk"`` (the normalized eigenvector mapped back by
   :math:`D^{-1/2}`, the relaxed normalised cut).
 * ``negative``: cosine similarities below zero are clamped to 0 (``"clamp"``), shifted as :math:`(S+1)/2`
@@ -201,7 +202,8 @@ def spectral_scores(
     Args:
         features: ``[..., B, D]`` features, one row per sample; leading dimensions are independent batches.
             Integer and half-precision features are scored in float32, float64 features in float64.
-        laplacian: ``"random_walk"`` (default), ``"normalized"`` or ``"plain"`` (see the module docstring).
+        laplacian: ``"random_walk"`` (default), ``"normalized"`` or ``"plain"`` (the paper's :math:`D - S`; see the
+            module docstring).
         negative: how negative cosine similarities become edge weights: ``"clamp"`` (default), ``"shift"`` or
             ``"abs"``.
         score: ``"boundary"`` (default: keep the samples closest to the cut), ``"magnitude"``, ``"signed"`` or

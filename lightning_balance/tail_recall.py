@@ -69,8 +69,9 @@ class TailRecall(Metric):
     ``f1_macro``, ``f1_worst``, ``per_class_f1``.
 
     The states are three int64 counters per class (true positives, false positives, false negatives) and one
-    count of non-finite prediction rows, summed across processes, so the result under DDP equals the single-process result on the same samples. (If a
-    distributed sampler repeats samples to even out the shards, those repeats are counted too.)
+    count of non-finite prediction rows, summed across processes, so the result under DDP equals the
+    single-process result on the same samples. (If a distributed sampler repeats samples to even out the shards,
+    those repeats are counted too.)
 
     Args:
         class_counts: number of **training** examples of every class; its length is the number of classes.

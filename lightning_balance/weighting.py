@@ -50,7 +50,7 @@ def weighted_mean(
         >>> weighted_mean(losses, torch.tensor([1.0, -1.0, 1.0]))
         Traceback (most recent call last):
         ...
-        ValueError: Expected argument `weights` to be finite and non-negative, but 1 of 3 weights are not (1 negative, ...
+        ValueError: Expected argument `weights` to be finite and non-negative, but 1 of 3 weights are not ...
     """
     if normalize not in _NORMALIZATIONS:
         raise ValueError(f"Expected argument `normalize` to be one of {_NORMALIZATIONS}, but got {normalize!r}.")
@@ -76,11 +76,12 @@ def _check_weights(weights: torch.Tensor) -> None:
     """Refuse negative, NaN and infinite weights without stalling a CUDA step.
 
     A negative weight turns the loss into something to maximise and a NaN one poisons every parameter, so both
-    must stop the run. The check runs on the weights' own device, before they move to the loss's: CPU weights are
-    checked eagerly with a clear ``ValueError``, which costs no device synchronisation. Reading a CUDA tensor's verdict on the host would synchronise every training step, so for
-    CUDA weights ``torch._assert_async`` checks on the device instead: a bad weight stops the run at the next
-    synchronisation with a device-side assertion (which leaves the CUDA context unusable, acceptable for a run
-    that must stop anyway) instead of silently training on a wrong loss. Other devices are checked eagerly.
+    must stop the run. The check runs on the weights' own device, before they move to the loss's. CPU weights
+    are checked eagerly with a clear ``ValueError``, which costs no device synchronisation. Reading a CUDA
+    tensor's verdict on the host would synchronise every training step, so CUDA weights are checked on the
+    device with ``torch._assert_async`` instead: a bad weight stops the run at the next synchronisation with a
+    device-side assertion (which leaves the CUDA context unusable, acceptable for a run that must stop anyway)
+    rather than silently training on a wrong loss. Other devices are checked eagerly.
     """
     # Integer and bool weights cannot be NaN or infinite; only their sign needs a look.
     bad = (~torch.isfinite(weights) | (weights < 0)) if weights.is_floating_point() else weights < 0

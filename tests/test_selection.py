@@ -14,7 +14,6 @@ from lightning_balance.selection import (
     select_top_k,
 )
 
-
 # ---------------------------------------------------------------------------------------------- keep_count
 
 

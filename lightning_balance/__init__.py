@@ -2,11 +2,11 @@
 
 from lightning_balance.callbacks.saln import SALN
 from lightning_balance.callbacks.tail_recall_monitor import TailRecallMonitor
-from lightning_balance.datamodule import BalancedDataModule, IndexedBatch, balanced_loss
+from lightning_balance.datamodule import BalancedDataModule, IndexedBatch, Reordered, balanced_loss
 from lightning_balance.functional.spectral import spectral_scores
 from lightning_balance.functional.tail_recall import long_tail_split
 from lightning_balance.mixture import Mixture
-from lightning_balance.sampler import GroupIndex, TemperatureSampler
+from lightning_balance.sampler import GroupIndex, MixtureSampler, TemperatureSampler
 from lightning_balance.schedules import Constant, Cooldown, LinearRamp, resolve_temperature
 from lightning_balance.tail_recall import TailRecall
 from lightning_balance.temperature import scalarization_variance_factor, scalarization_weights, temperature_probs
@@ -23,6 +23,8 @@ __all__ = [
     "IndexedBatch",
     "LinearRamp",
     "Mixture",
+    "MixtureSampler",
+    "Reordered",
     "TailRecall",
     "TailRecallMonitor",
     "TemperatureSampler",

@@ -18,38 +18,72 @@ plain mean under ``natural`` and ``upsample`` and applies the current scalarizat
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple, Optional, Union
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
-from lightning_balance.sampler import GroupIndex, GroupsLike, TemperatureSampler
-from lightning_balance.schedules import is_schedule, resolve_temperature
+from lightning_balance.mixture import Mixture, Order
+from lightning_balance.sampler import GroupIndex, GroupsLike, MixtureSampler, TemperatureSampler, _check_resume
+from lightning_balance.schedules import constant_runs, is_schedule, resolve_temperature
 from lightning_balance.temperature import _validate_temperature, scalarization_weights
 from lightning_balance.weighting import Normalization, weighted_mean
 
-__all__ = ["BalancedDataModule", "IndexedBatch", "balanced_loss"]
+__all__ = ["BalancedDataModule", "IndexedBatch", "Reordered", "balanced_loss"]
 
 Strategy = Literal["natural", "upsample", "upweight"]
 _STRATEGIES = ("natural", "upsample", "upweight")
 
 
-class IndexedBatch(NamedTuple):
+class IndexedBatch:
     """A training batch with the dataset index and the group id of each of its samples.
 
     The training DataLoader of a :class:`BalancedDataModule` yields these; the DataModule unwraps them after
-    the batch reaches the device, so ``training_step`` receives ``batch`` alone.
+    the batch reaches the device, so ``training_step`` receives ``batch`` alone. It is deliberately not a tuple:
+    a ``training_step`` that receives one (because the DataLoader was passed to the Trainer without its DataModule)
+    fails with a message that says so instead of unpacking the wrong fields.
     """
 
-    indices: torch.Tensor
+    __slots__ = ("indices", "batch", "groups")
+
+    def __init__(self, indices: torch.Tensor, batch: Any, groups: Optional[torch.Tensor] = None) -> None:
+        self.indices, self.batch, self.groups = indices, batch, groups
+
+    def __iter__(self) -> Any:
+        raise TypeError(
+            "This is a training batch of a BalancedDataModule, which only its DataModule can unwrap. Pass the"
+            " DataModule to the Trainer: `trainer.fit(model, datamodule=dm)`, not"
+            " `train_dataloaders=dm.train_dataloader()`."
+        )
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __repr__(self) -> str:
+        return f"IndexedBatch(indices={self.indices!r}, batch=..., groups={self.groups!r})"
+
+
+class Reordered(NamedTuple):
+    """What a ``collate_fn`` that reorders its samples returns: the batch and, for each of its rows, the position
+    of the sample in the list the collate was given.
+
+    Upweighting looks up each sample's weight by its dataset index, so the DataModule has to know where every
+    sample ended up. A collate that sorts by length for ``pack_padded_sequence`` returns
+    ``Reordered(batch, order)`` with ``order = sorted(range(len(samples)), key=...)``.
+    """
+
     batch: Any
-    groups: Optional[torch.Tensor] = None
+    order: Any
 
 
 class _IndexedDataset(Dataset):
@@ -65,19 +99,100 @@ class _IndexedDataset(Dataset):
         return index, self.dataset[index]
 
 
+class _SourcesDataset(Dataset):
+    """One map-style dataset per group, read as one: group ``g`` owns indices ``[offsets[g], offsets[g + 1])``.
+
+    It stores the sources' offsets only, nothing per example.
+    """
+
+    def __init__(self, sources: Mapping[str, Any]) -> None:
+        self.names = list(sources)
+        self.sources = list(sources.values())
+        sizes = []
+        for name, source in sources.items():
+            try:
+                sizes.append(len(source))
+            except TypeError as err:
+                raise TypeError(
+                    f"Expected every entry of `train_sources` to be a map-style dataset with a length, but"
+                    f" {name!r} ({type(source).__name__}) has none. Give its length (e.g. wrap it in a Dataset with"
+                    " `__len__`), or stream it with an iterable source instead."
+                ) from err
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        self._bounds = self.offsets[1:].tolist()
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> Any:
+        group = bisect.bisect_right(self._bounds, index)
+        return self.sources[group][index - int(self.offsets[group])]
+
+    def groups_of(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.searchsorted(self.offsets, indices.numpy(), side="right") - 1)
+
+
 class _IndexedCollate:
     """Collate the samples with the user's ``collate_fn``; the indices and their group ids into LongTensors.
 
-    The group ids are looked up here, on the CPU, so that no per-example table has to live on the device.
+    The group ids are looked up here, on the CPU, so that no per-example table has to live on the device. When the
+    groups are the labels, the labels of the collated batch are checked against them, so a collate that reorders
+    its samples without saying so (see :class:`Reordered`) fails loudly instead of weighting the wrong samples.
     """
 
-    def __init__(self, collate_fn: Optional[Callable[[list[Any]], Any]], group_ids: torch.Tensor) -> None:
+    def __init__(
+        self,
+        collate_fn: Optional[Callable[[list[Any]], Any]],
+        lookup: Callable[[torch.Tensor], torch.Tensor],
+        check_labels: bool,
+    ) -> None:
         self.collate_fn = collate_fn or default_collate
-        self.group_ids = group_ids
+        self.lookup = lookup
+        self.check_labels = check_labels
 
     def __call__(self, items: list[tuple[int, Any]]) -> IndexedBatch:
         indices = torch.tensor([index for index, _ in items], dtype=torch.long)
-        return IndexedBatch(indices, self.collate_fn([sample for _, sample in items]), self.group_ids[indices])
+        batch = self.collate_fn([sample for _, sample in items])
+        if isinstance(batch, Reordered):
+            order = torch.as_tensor(batch.order, dtype=torch.long)
+            if sorted(order.tolist()) != list(range(len(items))):
+                raise ValueError(
+                    f"`Reordered.order` must be a permutation of range({len(items)}) (the position of every row's"
+                    f" sample in the collate's input), but got {order.tolist()}."
+                )
+            indices, batch = indices[order], batch.batch
+        groups = self.lookup(indices)
+        if self.check_labels:
+            _check_label_order(batch, groups, "the DataLoader's `collate_fn`")
+        return IndexedBatch(indices, batch, groups)
+
+
+def _labels_of(batch: Any) -> Optional[torch.Tensor]:
+    """The label tensor of an ``(x, y, ...)`` or ``{"y"|"label"|"labels"|"target"|"targets": ...}`` batch."""
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        labels = batch[1]
+    elif isinstance(batch, Mapping):
+        labels = next((batch[k] for k in ("y", "label", "labels", "target", "targets") if k in batch), None)
+    else:
+        return None
+    if isinstance(labels, torch.Tensor) and labels.ndim == 1 and not labels.is_floating_point():
+        return labels
+    return None
+
+
+def _check_label_order(batch: Any, groups: torch.Tensor, where: str) -> None:
+    labels = _labels_of(batch)
+    if labels is None or labels.shape != groups.shape:
+        return
+    if not torch.equal(labels.cpu(), groups.cpu()):
+        if torch.equal(torch.sort(labels.cpu()).values, torch.sort(groups.cpu()).values):
+            raise RuntimeError(
+                f"{where} reordered the samples of a training batch: their labels no longer line up with the dataset"
+                " indices the batch was drawn from, so upweighting and selection would apply to the wrong samples."
+                " Return `lightning_balance.Reordered(batch, order)` from the collate, with `order[i]` the position"
+                " of row i's sample in the collate's input, or keep the sampler's order."
+            )
 
 
 def _groups_of_kept(kept: torch.Tensor, indices: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -101,18 +216,16 @@ class _ResumableDataLoader(DataLoader):
 
     def __iter__(self) -> Any:
         # Every epoch starts where training stopped in the run's sample stream, whatever the Trainer's epoch
-        # counter says (see `TemperatureSampler.set_position`).
-        position = self.datamodule.trained_samples()
-        if position is not None and isinstance(self.sampler, TemperatureSampler):
-            self.sampler.set_position(position)
+        # counter says, with the schedule anchored on the Trainer's optimizer step.
+        self.datamodule._start_epoch_stream()
         return super().__iter__()
 
     def state_dict(self) -> dict[str, Any]:
         return self.datamodule.state_dict().get("sampler", {})
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict and isinstance(self.sampler, TemperatureSampler):
-            self.sampler.load_state_dict(state_dict)
+        if state_dict:
+            self.datamodule._load_sampler_state(state_dict)
 
 
 class BalancedDataModule(LightningDataModule):
@@ -123,13 +236,15 @@ class BalancedDataModule(LightningDataModule):
             ``"upsample"`` draws groups with :math:`p_i \propto n_i^{1/T}`; ``"upweight"`` samples naturally
             and scales each sample's loss by :math:`p_i(T)/p_i(1)`.
         temperature: ``T`` (a float; ``float("inf")`` is uniform over groups) or a schedule
-            ``schedule(progress) -> T`` such as :class:`~lightning_balance.Cooldown`. Cooldown as in the paper is
+            ``schedule(progress) -> T`` such as :class:`~lightning_balance.Cooldown`, evaluated at every optimizer
+            step with progress = step / the run's optimizer steps. Cooldown as in the paper is
             ``strategy="upsample", temperature=Cooldown(5.0, 1.0, 0.5)``.
         batch_size: per-process batch size.
-        seed: seed of the sampling plan (the same on every rank).
+        seed: seed of the sample stream (the same on every rank).
         num_workers: DataLoader worker processes.
         normalize: how :func:`balanced_loss` normalises the weighted sum under ``upweight``: ``"batch"``
-            (divide by the batch size: unbiased, the paper's form) or ``"weights"`` (divide by the sum of weights).
+            (divide by the batch size: unbiased, the paper's form) or ``"weights"`` (divide by the sum of the
+            weights of the global batch, over all processes).
         samples_per_epoch: global samples per epoch, over all processes; defaults to the training set's size.
             It is rounded down to a whole number of global batches, so every step is a full batch on every rank.
         total_steps: optimizer steps over the whole run, for schedules. By default it is derived from the
@@ -137,6 +252,14 @@ class BalancedDataModule(LightningDataModule):
         val_batch_size: batch size of the validation and test loaders; defaults to ``batch_size``.
         pin_memory: passed to the DataLoaders.
         persistent_workers: passed to the DataLoaders (only with ``num_workers > 0``).
+        order: the sample order of the stream (see :class:`~lightning_balance.Mixture`). ``"epoch"``, the default
+            of ``natural`` and ``upweight``, is a fresh permutation of the training set every epoch, as
+            ``shuffle=True``; ``"stratified"``, the default of ``upsample``, keeps every prefix of the stream within
+            a few draws of each group's quota.
+
+    The training data is either ``self.train_dataset`` with a group id per example (see :meth:`train_groups`), or
+    ``self.train_sources``, a mapping from group name to one map-style dataset per group (a torch ``Dataset``, a
+    Hugging Face ``datasets.Dataset``, a LitData ``StreamingDataset``): then nothing is kept per example.
 
     Example:
         >>> import torch
@@ -170,12 +293,18 @@ class BalancedDataModule(LightningDataModule):
         val_batch_size: Optional[int] = None,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        order: Optional[Order] = None,
     ) -> None:
         super().__init__()
         if strategy not in _STRATEGIES:
             raise ValueError(
                 f"Expected argument `strategy` to be one of {_STRATEGIES}, but got {strategy!r}."
                 " Use 'upsample' with a schedule for Cooldown."
+            )
+        if isinstance(temperature, type):
+            raise TypeError(
+                f"Expected argument `temperature` to be a number or a schedule instance, but got the class"
+                f" {temperature.__name__}. Instantiate it, e.g. `temperature={temperature.__name__}()`."
             )
         if is_schedule(temperature):
             # Probe both ends now so that a broken schedule fails at configuration, not hours into training.
@@ -190,14 +319,23 @@ class BalancedDataModule(LightningDataModule):
                 )
         if normalize not in ("batch", "weights"):
             raise ValueError(f"Expected argument `normalize` to be 'batch' or 'weights', but got {normalize!r}.")
-        for name, value in (("batch_size", batch_size), ("samples_per_epoch", samples_per_epoch),
-                            ("total_steps", total_steps), ("val_batch_size", val_batch_size)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ValueError(f"Expected argument `{name}` to be a positive integer, but got {value!r}.")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"Expected argument `seed` to be a non-negative integer, but got {seed!r}.")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"Expected argument `num_workers` to be a non-negative integer, but got {num_workers!r}.")
+        if batch_size is None:
+            raise ValueError(
+                "Expected argument `batch_size` to be a positive integer (the per-process batch size), but got None."
+            )
+        batch_size = _optional_int(batch_size, "batch_size", minimum=1)  # type: ignore[assignment]
+        samples_per_epoch = _optional_int(samples_per_epoch, "samples_per_epoch", minimum=1)
+        total_steps = _optional_int(total_steps, "total_steps", minimum=1)
+        val_batch_size = _optional_int(val_batch_size, "val_batch_size", minimum=1)
+        seed = _optional_int(seed, "seed", minimum=0)  # type: ignore[assignment]
+        num_workers = _optional_int(num_workers, "num_workers", minimum=0)  # type: ignore[assignment]
+        if order is not None and order not in ("stratified", "epoch"):
+            raise ValueError(f"Expected argument `order` to be 'stratified', 'epoch' or None, but got {order!r}.")
+        if order == "epoch" and strategy == "upsample":
+            raise ValueError(
+                "`order='epoch'` is natural sampling and cannot upsample. Use order='stratified' (the default of"
+                " strategy='upsample'), or strategy='upweight' to keep natural sampling."
+            )
         self.strategy: Strategy = strategy
         self.temperature = temperature
         self.batch_size = batch_size
@@ -209,26 +347,32 @@ class BalancedDataModule(LightningDataModule):
         self.val_batch_size = val_batch_size or batch_size
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
+        self.order: Order = order or ("stratified" if strategy == "upsample" else "epoch")
 
         # Whether the groups are the class labels, so that `group_counts` are class counts too (as tail metrics
         # need). The default `train_groups` sets it; an override that returns labels may set it to True.
         self.label_groups: Optional[bool] = None
         self.train_dataset: Optional[Dataset] = None
+        self.train_sources: Optional[Mapping[str, Any]] = None
         self.val_dataset: Optional[Dataset] = None
         self.test_dataset: Optional[Dataset] = None
         self.collate_fn: Optional[Callable[[list[Any]], Any]] = None
 
-        self.sampler: Optional[TemperatureSampler] = None
+        self.sampler: Optional[MixtureSampler] = None
+        self._groups_key: Optional[tuple[Any, ...]] = None  # what the group index below was built from
         self._group_index: Optional[GroupIndex] = None
         self._group_ids: Optional[torch.Tensor] = None
-        self._horizon_samples: Optional[int] = None  # global samples over the whole run, for schedules
+        self._groups_digest: Optional[str] = None
+        self._sources_dataset: Optional[_SourcesDataset] = None
+        self._total_steps: Optional[int] = None  # optimizer steps over the run, for schedules
+        self._temperature_runs: Optional[tuple[np.ndarray, list[float]]] = None
         # (stream position, Trainer's processed batches) at the restored checkpoint, and the Trainer that restored it:
         # a later fit with another Trainer starts a new stream.
         self._resume_base = (0, 0)
         self._resume_trainer: Optional[weakref.ref] = None
         self._pending_sampler_state: Optional[dict[str, Any]] = None
         self._batch_groups: Optional[torch.Tensor] = None
-        self._weights_cache: dict[float, torch.Tensor] = {}
+        self._weights_cache: dict[tuple[float, str], torch.Tensor] = {}
 
     # ------------------------------------------------------------------ groups
     def train_groups(self) -> GroupsLike:
@@ -249,66 +393,132 @@ class BalancedDataModule(LightningDataModule):
             return dataset.tensors[1]
         raise AttributeError(
             f"Cannot find the group ids of {type(dataset).__name__}: give it a `groups` (or `targets`) attribute"
-            f" with one integer id per example, or override `{type(self).__name__}.train_groups()`."
+            f" with one integer id per example, or override `{type(self).__name__}.train_groups()`, or assign"
+            " `train_sources` (one dataset per group) instead of `train_dataset`."
         )
 
     @property
+    def group_names(self) -> list[str]:
+        """A name per group: the keys of ``train_sources``, else the group ids as strings."""
+        self._refresh_groups()
+        if self._sources_dataset is not None:
+            return list(self._sources_dataset.names)
+        return [str(g) for g in range(self.num_groups)]
+
+    @property
     def group_index(self) -> GroupIndex:
-        """Training indices grouped by group id (built once, on first use)."""
+        """Training indices grouped by group id, rebuilt whenever the training data changes."""
+        self._refresh_groups()
         if self._group_index is None:
-            groups = self.train_groups()
-            index = GroupIndex(groups)
-            if len(index) != len(self._require_train_dataset()):  # type: ignore[arg-type]
-                raise ValueError(
-                    f"`train_groups()` returned {len(index)} group ids but the training set has"
-                    f" {len(self.train_dataset)} examples; give exactly one group id per example."  # type: ignore
-                )
-            self._group_index = index
-            self._group_ids = torch.as_tensor(groups).long().cpu()
+            # Only per-example group ids need an index; sources are contiguous by construction.
+            assert self._sources_dataset is not None
+            sizes = torch.from_numpy(self._sources_dataset.sizes)
+            self._group_index = GroupIndex(torch.repeat_interleave(torch.arange(len(sizes)), sizes))
         return self._group_index
 
     @property
     def group_counts(self) -> torch.Tensor:
         """Training examples per group id (int64)."""
-        return self.group_index.counts
+        self._refresh_groups()
+        if self._sources_dataset is not None:
+            return torch.from_numpy(self._sources_dataset.sizes.copy())
+        assert self._group_index is not None
+        return self._group_index.counts
 
     @property
     def num_groups(self) -> int:
-        return self.group_index.num_groups
+        return len(self.group_counts)
 
     @property
     def train_group_ids(self) -> torch.Tensor:
-        """Group id of every training index (int64, on the CPU)."""
-        self.group_index  # noqa: B018 - builds the index and the ids together
-        assert self._group_ids is not None
+        """Group id of every training index (int64, on the CPU). With ``train_sources`` it is built on demand."""
+        self._refresh_groups()
+        if self._group_ids is None:
+            counts = self.group_counts
+            self._group_ids = torch.repeat_interleave(torch.arange(len(counts)), counts)
         return self._group_ids
 
+    def _refresh_groups(self) -> None:
+        """(Re)build the group index when the training data is new: a second `setup()` may rebuild or reshuffle it."""
+        sources = self.train_sources
+        if sources is not None:
+            key: tuple[Any, ...] = ("sources", id(sources), tuple(id(v) for v in sources.values()))
+            if key != self._groups_key:
+                dataset = _SourcesDataset(sources)
+                if len(dataset) == 0:
+                    raise ValueError("Every dataset in `train_sources` is empty; give at least one example.")
+                self._sources_dataset = dataset
+                self._group_index, self._group_ids = None, None
+                self._groups_digest = hashlib.sha1(dataset.sizes.tobytes()).hexdigest()[:16]
+                self.label_groups = False
+                self._groups_key = key
+            return
+        dataset = self._require_train_dataset()
+        groups = self.train_groups()
+        ids = torch.as_tensor(np.asarray(groups) if not isinstance(groups, torch.Tensor) else groups)
+        # The same object may have been reshuffled in place, so the ids themselves are compared too.
+        key = ("dataset", id(dataset), len(ids))
+        if key == self._groups_key and self._group_ids is not None and torch.equal(ids.long().cpu(), self._group_ids):
+            return
+        index = GroupIndex(groups)
+        if len(index) != len(dataset):  # type: ignore[arg-type]
+            raise ValueError(
+                f"`train_groups()` returned {len(index)} group ids but the training set has"
+                f" {len(dataset)} examples; give exactly one group id per example."  # type: ignore[arg-type]
+            )
+        changed = self._groups_key is not None
+        self._sources_dataset = None
+        self._group_index = index
+        self._group_ids = ids.long().cpu()
+        self._groups_digest = hashlib.sha1(self._group_ids.numpy().tobytes()).hexdigest()[:16]
+        self._groups_key = key
+        self._weights_cache.clear()
+        if changed and self.sampler is not None:
+            rank_zero_info("The training data changed since the sampler was built; its groups were re-read.")
+
     # ------------------------------------------------------------------ temperature and weights
+    def current_step(self) -> int:
+        """The optimizer step being trained (the Trainer's ``global_step``; 0 outside a Trainer)."""
+        trainer = self._trainer_or_none()
+        return int(trainer.global_step) if trainer is not None else 0
+
     def current_progress(self) -> float:
-        """Fraction of training done: samples trained on over the run's total (0 before training).
-
-        The sampler measures progress the same way, so a batch's samples are drawn, and its loss weighted, at
-        the same temperature.
-        """
-        position = self.trained_samples()
-        if position is None or self._horizon_samples is None:
+        """Fraction of training done: optimizer steps done over the run's optimizer steps (0 before training)."""
+        if self._total_steps is None:
             return 0.0
-        return min(position / self._horizon_samples, 1.0)
+        return min(self.current_step() / self._total_steps, 1.0)
 
-    def current_temperature(self) -> float:
-        """The temperature in force now (1 under ``natural``)."""
+    def temperature_at(self, step: int) -> float:
+        """The temperature of optimizer step ``step`` (1 under ``natural``)."""
         if self.strategy == "natural":
             return 1.0
-        return resolve_temperature(self.temperature, self.current_progress())
+        if not is_schedule(self.temperature):
+            return float(self.temperature)  # type: ignore[arg-type]
+        if self._temperature_runs is None:
+            return resolve_temperature(self.temperature, 0.0)
+        starts, temps = self._temperature_runs
+        return temps[int(np.searchsorted(starts, step, side="right")) - 1]
 
-    def loss_weights(self) -> torch.Tensor:
-        """Per-group loss weights now: scalarization weights under ``upweight``, ones otherwise."""
-        if self.strategy != "upweight":
-            return torch.ones(self.num_groups, dtype=torch.float64)
-        t = self.current_temperature()
-        if t not in self._weights_cache:
-            self._weights_cache[t] = scalarization_weights(self.group_counts, t)
-        return self._weights_cache[t]
+    def current_temperature(self) -> float:
+        """The temperature in force now: the one the sampler draws this step's samples at, and the weights use."""
+        return self.temperature_at(self.current_step())
+
+    def loss_weights(self, device: Optional[torch.device] = None) -> torch.Tensor:
+        """Per-group loss weights now: scalarization weights under ``upweight``, ones otherwise.
+
+        A copy is kept per temperature and device, so a training step copies nothing to the accelerator.
+        """
+        t = self.current_temperature() if self.strategy == "upweight" else 1.0
+        key = (t, str(device) if device is not None else "cpu")
+        weights = self._weights_cache.get(key)
+        if weights is None:
+            if self.strategy == "upweight":
+                weights = scalarization_weights(self.group_counts, t)
+            else:
+                weights = torch.ones(self.num_groups, dtype=torch.float64)
+            weights = weights.to(device) if device is not None else weights
+            self._weights_cache[key] = weights
+        return weights
 
     def reduce_loss(self, per_sample_loss: torch.Tensor, groups: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Reduce a per-sample training loss with the weights in force.
@@ -318,6 +528,15 @@ class BalancedDataModule(LightningDataModule):
             groups: group id of each sample; defaults to the groups of the training batch being processed,
                 which the DataModule records when the batch reaches the device.
         """
+        if not isinstance(per_sample_loss, torch.Tensor) or per_sample_loss.ndim != 1:
+            shape = tuple(per_sample_loss.shape) if isinstance(per_sample_loss, torch.Tensor) else per_sample_loss
+            raise RuntimeError(
+                f"Expected a per-sample loss of shape [B], but got {shape}. Compute the loss with"
+                " `reduction='none'`; for a sequence loss of shape [B, T], average over the tokens of each sample"
+                " first (e.g. `loss.mean(dim=1)`)."
+            )
+        if groups is not None:
+            groups = self._validate_groups(groups, per_sample_loss)
         if self.strategy != "upweight":
             return per_sample_loss.mean()
         if groups is None:
@@ -325,13 +544,46 @@ class BalancedDataModule(LightningDataModule):
                 # Outside a training step (validation, a manual call) there are no weights to apply.
                 return per_sample_loss.mean()
             groups = self._batch_groups
-        weights = self.loss_weights().to(per_sample_loss.device)[groups.to(per_sample_loss.device).long()]
+        if len(groups) != len(per_sample_loss):
+            raise RuntimeError(
+                f"The training batch has {len(groups)} samples but the loss has {len(per_sample_loss)} values."
+                " Return one loss per sample of the batch, in the batch's order."
+            )
+        device = per_sample_loss.device
+        weights = self.loss_weights(device)[groups.to(device, non_blocking=True)]
+        if self.normalize == "weights":
+            world = self._world()[0]
+            # Divide by the weight sum of the global batch: DDP averages the ranks' gradients, so each rank's loss
+            # is scaled by the world size over the global sum, which makes the result equal to one process's.
+            local = weights.sum().to(per_sample_loss.dtype)
+            total = _all_reduce_sum(local.detach().clone()) if world > 1 else local.detach()
+            scale = world / total.clamp_min(torch.finfo(per_sample_loss.dtype).tiny)
+            return (per_sample_loss * weights.to(per_sample_loss.dtype)).sum() * scale
         return weighted_mean(per_sample_loss, weights, self.normalize)
+
+    def _validate_groups(self, groups: torch.Tensor, per_sample_loss: torch.Tensor) -> torch.Tensor:
+        groups = torch.as_tensor(groups)
+        if groups.is_floating_point() or groups.dtype == torch.bool:
+            raise TypeError(
+                f"Expected argument `groups` to hold integer group ids, but got dtype {groups.dtype}."
+                " Pass the group id of every sample as a LongTensor."
+            )
+        if groups.shape != per_sample_loss.shape:
+            raise RuntimeError(
+                f"Expected one group id per sample: the loss has shape {tuple(per_sample_loss.shape)} but `groups`"
+                f" has shape {tuple(groups.shape)}."
+            )
+        if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= self.num_groups):
+            raise ValueError(
+                f"Expected argument `groups` to hold ids in [0, {self.num_groups}), but got values from"
+                f" {int(groups.min())} to {int(groups.max())}."
+            )
+        return groups.long()
 
     # ------------------------------------------------------------------ dataloaders
     def train_dataloader(self) -> DataLoader:
-        dataset = self._require_train_dataset()
-        group_index = self.group_index  # validates the group ids before anything else
+        self._refresh_groups()
+        dataset: Dataset = self._sources_dataset if self._sources_dataset is not None else self._require_train_dataset()
         world, rank = self._world()
         global_batch = self.batch_size * world
         requested = self.samples_per_epoch or len(dataset)  # type: ignore[arg-type]
@@ -341,23 +593,25 @@ class BalancedDataModule(LightningDataModule):
                 f"An epoch of {requested} samples is smaller than one global batch ({self.batch_size} x {world}"
                 " processes). Lower `batch_size` or raise `samples_per_epoch`."
             )
-        sampler_temperature = self.temperature if self.strategy == "upsample" else 1.0
-        total_samples = None
+        self._total_steps = None
+        self._temperature_runs = None
         if self.strategy != "natural" and is_schedule(self.temperature):
-            self._horizon_samples = total_samples = self._resolve_horizon_batches(num_samples) * global_batch
-        self.sampler = TemperatureSampler(
-            group_index,
-            sampler_temperature,
-            num_samples=num_samples,
-            num_replicas=world,
-            rank=rank,
-            seed=self.seed,
-            total_samples=total_samples,
-            # The schedule is read once per batch, so no batch mixes two temperatures.
-            step_size=global_batch,
-        )
+            self._total_steps = self._resolve_total_steps(num_samples // global_batch)
+            self._temperature_runs = constant_runs(self.temperature, self._total_steps)
+        mixture = self._build_mixture()
+        if self._sources_dataset is not None:
+            self.sampler = MixtureSampler(mixture, num_samples=num_samples, num_replicas=world, rank=rank)
+            sources = self._sources_dataset
+            lookup: Callable[[torch.Tensor], torch.Tensor] = sources.groups_of
+        else:
+            self.sampler = _IndexSampler(self.group_index, mixture, num_samples=num_samples, world=world, rank=rank)
+            ids = self.train_group_ids
+
+            def lookup(indices: torch.Tensor) -> torch.Tensor:
+                return ids[indices]
+
         if self._pending_sampler_state is not None:
-            self.sampler.load_state_dict(self._pending_sampler_state)
+            self._load_sampler_state(self._pending_sampler_state)
             self._pending_sampler_state = None
         return _ResumableDataLoader(
             _IndexedDataset(dataset),
@@ -365,11 +619,45 @@ class BalancedDataModule(LightningDataModule):
             batch_size=self.batch_size,
             sampler=self.sampler,
             num_workers=self.num_workers,
-            collate_fn=_IndexedCollate(self.collate_fn, self.train_group_ids),
+            collate_fn=_IndexedCollate(self.collate_fn, lookup, check_labels=bool(self.label_groups)),
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             drop_last=True,
         )
+
+    def _build_mixture(self) -> Mixture:
+        sizes = self.group_counts
+        trainer = self._trainer_or_none()
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+        step_size = self.batch_size * self._world()[0] * accumulate
+        upsample = self.strategy == "upsample"
+        return Mixture(
+            sizes,
+            self.temperature if upsample else 1.0,
+            seed=self.seed,
+            step_size=step_size,
+            total_steps=self._total_steps if upsample else None,
+            order=self.order,
+        )
+
+    def mixture(self) -> Optional[Mixture]:
+        """The sample stream the training DataLoader draws from (``None`` before ``train_dataloader()``)."""
+        return self.sampler.mixture if self.sampler is not None else None
+
+    def _start_epoch_stream(self) -> None:
+        """Position the sampler at the samples trained so far, its schedule anchored on the optimizer step."""
+        sampler = self.sampler
+        trainer = self._trainer_or_none()
+        if sampler is None or trainer is None:
+            return
+        position = self.trained_samples()
+        assert position is not None
+        accumulate = trainer.accumulate_grad_batches
+        step_size = self.batch_size * self._world()[0] * accumulate
+        # A resume onto another global batch, or an accumulation window that Lightning closed at an epoch end,
+        # leaves the stream at a position whose step differs from the Trainer's: re-anchor the schedule there.
+        sampler.mixture = sampler.mixture.rebased(position, self.current_step(), step_size)
+        sampler.set_position(position)
 
     def val_dataloader(self) -> Union[DataLoader, list]:
         return self._eval_dataloader(self.val_dataset)
@@ -391,17 +679,26 @@ class BalancedDataModule(LightningDataModule):
         )
 
     # ------------------------------------------------------------------ hooks
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, IndexedBatch):
+            # The indices and group ids stay on the CPU, where they are looked up; only the batch moves.
+            return IndexedBatch(batch.indices, super().transfer_batch_to_device(batch.batch, device, dataloader_idx),
+                                batch.groups)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Unwrap training batches; let callbacks with ``transform_train_batch`` select inside them.
 
         A callback may define ``transform_train_batch(trainer, pl_module, batch, indices) -> (batch, indices)``
         (batch already on the device, ``indices`` the dataset index of each sample); :class:`~lightning_balance.SALN`
         uses it to keep part of every batch. A LightningModule's own ``on_after_batch_transfer`` runs afterwards
-        (Lightning warns that the DataModule's hook takes precedence; both run). A module's
-        ``on_before_batch_transfer`` sees training batches as :class:`IndexedBatch`.
+        (Lightning warns that the DataModule's hook takes precedence; both run); when the groups are the labels,
+        a module hook that reorders the batch is detected and refused. A module's ``on_before_batch_transfer``
+        sees training batches as :class:`IndexedBatch`.
         """
-        trainer = self.trainer
-        if isinstance(batch, IndexedBatch):
+        trainer = self._trainer_or_none()
+        training = isinstance(batch, IndexedBatch)
+        if training:
             indices, groups, batch = batch.indices, batch.groups, batch.batch
             kept = indices
             if trainer is not None and trainer.training:
@@ -410,8 +707,8 @@ class BalancedDataModule(LightningDataModule):
                     if callable(transform):
                         batch, kept = transform(trainer, trainer.lightning_module, batch, kept)
             if groups is None:
-                groups = self.train_group_ids[indices.cpu()].to(indices.device)
-            self._batch_groups = _groups_of_kept(kept, indices, groups)
+                groups = self.train_group_ids[indices.cpu()]
+            self._batch_groups = _groups_of_kept(kept.cpu(), indices.cpu(), groups.cpu())
         else:
             # Evaluation batches carry no indices: no group weights apply to them.
             self._batch_groups = None
@@ -419,6 +716,8 @@ class BalancedDataModule(LightningDataModule):
         module = trainer.lightning_module if trainer is not None else None
         if module is not None and is_overridden("on_after_batch_transfer", module, LightningModule):
             batch = module.on_after_batch_transfer(batch, dataloader_idx)
+            if training and self.label_groups and self._batch_groups is not None:
+                _check_label_order(batch, self._batch_groups, f"`{type(module).__name__}.on_after_batch_transfer`")
         return batch
 
     def trained_samples(self) -> Optional[int]:
@@ -427,7 +726,7 @@ class BalancedDataModule(LightningDataModule):
         The count comes from the batches whose training step has run, not from the DataLoader, which runs ahead
         when it prefetches. ``None`` outside a Trainer.
         """
-        trainer = self.trainer
+        trainer = self._trainer_or_none()
         if trainer is None:
             return None
         world, _ = self._world()
@@ -438,8 +737,16 @@ class BalancedDataModule(LightningDataModule):
         position, processed_at_resume = self._resume_base if resumed else (0, 0)
         return position + (processed - processed_at_resume) * self.batch_size * world
 
+    def epochs_per_group(self) -> Optional[torch.Tensor]:
+        """How many times each group's training data has been gone through so far (``None`` before training)."""
+        position = self.trained_samples()
+        mixture = self.mixture()
+        if position is None or mixture is None:
+            return None
+        return mixture.epochs(position)
+
     def state_dict(self) -> dict[str, Any]:
-        """The sampler's place in the run's stream, from the Trainer's progress (plain values)."""
+        """The sampler's place in the run's stream, from the Trainer's progress, and what defines the stream."""
         if self.sampler is None:
             return {}
         state = self.sampler.state_dict()
@@ -447,33 +754,60 @@ class BalancedDataModule(LightningDataModule):
         if position is not None:
             # The sampler's own count runs ahead of training when DataLoader workers prefetch; the Trainer's
             # progress counts the batches whose training step has run.
-            state["epoch"], state["consumed"] = divmod(position, self.sampler.num_samples)
             state["position"] = position
             state["processed"] = self.trainer.fit_loop.epoch_loop.batch_progress.total.processed  # type: ignore
+            state["step"] = self.current_step()
         state["strategy"] = self.strategy
+        state["temperature"] = repr(self.temperature)
+        state["groups_digest"] = self._groups_digest
         return {"sampler": state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Continue the saved sampler stream: the next training epoch skips what was already trained on."""
+        """Continue the saved sample stream: the next training epoch starts where the checkpoint stopped."""
         sampler_state = state_dict.get("sampler")
         if not sampler_state:
             return
-        saved_strategy = sampler_state.get("strategy", self.strategy)
-        if saved_strategy != self.strategy:
+        changes = []
+        for key, mine in (("strategy", self.strategy), ("temperature", repr(self.temperature))):
+            saved = sampler_state.get(key, mine)
+            if saved != mine:
+                changes.append(f"{key} {saved} -> {mine}")
+        saved_digest = sampler_state.get("groups_digest")
+        if saved_digest is not None and self._groups_digest is not None and saved_digest != self._groups_digest:
+            changes.append("the training examples' group ids (same dataset size, other labels or order)")
+        if changes:
             rank_zero_warn(
-                f"Resuming a run trained with strategy={saved_strategy!r} under strategy={self.strategy!r}:"
-                " the sampler's position is kept, but the sample stream differs from the original run."
+                "Resuming a run whose configuration changed: " + "; ".join(changes) + ". The position in the sample"
+                " stream is kept, but what follows differs from the original run."
             )
         self._resume_base = (int(sampler_state.get("position", 0)), int(sampler_state.get("processed", 0)))
-        self._resume_trainer = weakref.ref(self.trainer) if self.trainer is not None else None
+        self._resume_trainer = weakref.ref(self.trainer) if self._trainer_or_none() is not None else None
         if self.sampler is not None:
-            self.sampler.load_state_dict(sampler_state)
+            self._load_sampler_state(sampler_state)
         else:
             self._pending_sampler_state = sampler_state
 
+    def _load_sampler_state(self, state: dict[str, Any]) -> None:
+        assert self.sampler is not None
+        saved = state.get("mixture")
+        if saved is not None:
+            # Keep the stretches of the saved stream, so that positions before the resume mean what they meant.
+            history = [list(p) for p in saved.get("history", [])]
+            if history or saved.get("step_size") != self.sampler.mixture.step_size:
+                first = [0, 0, int(saved.get("step_size", self.sampler.mixture.step_size))]
+                mixture = self.sampler.mixture
+                self.sampler.mixture = Mixture(
+                    mixture.sizes, mixture.temperature, seed=mixture.seed, step_size=first[2],
+                    total_steps=mixture.total_steps, order=mixture.order, history=history,
+                )
+        self.sampler.set_position(_check_resume(state, self.sampler.mixture))
+
     # ------------------------------------------------------------------ helpers
+    def _trainer_or_none(self) -> Optional[Any]:
+        return getattr(self, "trainer", None)
+
     def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
+        trainer = self._trainer_or_none()
         if trainer is not None:
             return trainer.world_size, trainer.global_rank
         return 1, 0
@@ -481,25 +815,24 @@ class BalancedDataModule(LightningDataModule):
     def _require_train_dataset(self) -> Dataset:
         if self.train_dataset is None:
             raise RuntimeError(
-                f"`{type(self).__name__}.train_dataset` is not set. Assign it in `setup()` (and call"
-                " `setup('fit')` first when using the DataModule outside a Trainer)."
+                f"`{type(self).__name__}.train_dataset` is not set. Assign it (or `train_sources`) in `setup()`, and"
+                " call `setup('fit')` first when using the DataModule outside a Trainer."
             )
         return self.train_dataset
 
-    def _resolve_horizon_batches(self, num_samples: int) -> int:
-        """Training batches in the whole run, from ``total_steps`` or the Trainer's limits."""
-        trainer = self.trainer
-        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+    def _resolve_total_steps(self, batches_per_epoch: int) -> int:
+        """Optimizer steps in the whole run, from ``total_steps`` or the Trainer's limits."""
         if self.total_steps is not None:
-            return self.total_steps * accumulate
+            return self.total_steps
         fix = (
             "A temperature schedule needs the length of training: set `Trainer(max_steps=...)` or"
             " `Trainer(max_epochs=...)`, or pass `total_steps=` to the DataModule."
         )
+        trainer = self._trainer_or_none()
         if trainer is None:
             raise ValueError(fix)
-        world, _ = self._world()
-        batches = num_samples // (self.batch_size * world)
+        accumulate = trainer.accumulate_grad_batches
+        batches = batches_per_epoch
         limit = trainer.limit_train_batches
         if isinstance(limit, int):
             batches = min(batches, limit)
@@ -520,13 +853,36 @@ class BalancedDataModule(LightningDataModule):
             )
         candidates = []
         if max_epochs is not None:
-            candidates.append(max_epochs * batches)
+            candidates.append(max_epochs * steps_per_epoch)
         if max_steps is not None:
-            full_epochs, rest = divmod(max_steps, steps_per_epoch)
-            candidates.append(full_epochs * batches + min(rest * accumulate, batches))
+            candidates.append(max_steps)
         total = min(candidates)
-        rank_zero_info(f"Temperature schedule runs over {total} training batches ({batches} per epoch).")
+        rank_zero_info(f"Temperature schedule runs over {total} optimizer steps ({steps_per_epoch} per epoch).")
         return total
+
+
+class _IndexSampler(TemperatureSampler):
+    """A :class:`TemperatureSampler` over a DataModule's group index, with the mixture it was given."""
+
+    def __init__(self, index: GroupIndex, mixture: Mixture, *, num_samples: int, world: int, rank: int) -> None:
+        self.index = index
+        self.temperature = mixture.temperature
+        MixtureSampler.__init__(self, mixture, num_samples=num_samples, num_replicas=world, rank=rank)
+
+
+def _all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def _optional_int(value: Any, name: str, *, minimum: int) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else "a non-negative integer"
+        raise ValueError(f"Expected argument `{name}` to be {kind}, but got {value!r}.")
+    return int(value)
 
 
 def balanced_loss(

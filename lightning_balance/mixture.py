@@ -234,6 +234,7 @@ class Mixture:
         total_steps: Optional[int] = None,
         order: Order = "stratified",
         num_samples: Optional[int] = None,
+        history: Optional[Sequence[Sequence[int]]] = None,
     ) -> None:
         self.sizes = _validate_sizes(sizes)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
@@ -257,19 +258,21 @@ class Mixture:
                     f"A temperature schedule ({temperature!r}) needs the run's length: pass `total_steps=` (optimizer"
                     " steps), since progress is step / total_steps."
                 )
-            self._seg_steps, self._seg_temps = constant_runs(temperature, self.total_steps)
+            self._run_steps, self._run_temps = constant_runs(temperature, self.total_steps)
         else:
-            self._seg_steps, self._seg_temps = np.zeros(1, dtype=np.int64), [resolve_temperature(temperature, 0.0)]
-        if order == "epoch" and (len(self._seg_temps) != 1 or self._seg_temps[0] != 1.0):
+            self._run_steps, self._run_temps = np.zeros(1, dtype=np.int64), [resolve_temperature(temperature, 0.0)]
+        if order == "epoch" and (len(self._run_temps) != 1 or self._run_temps[0] != 1.0):
             raise ValueError(
                 f"`order='epoch'` is natural sampling (a permutation of every example per epoch) and needs temperature"
                 f" 1, but got temperature={temperature!r}. Use order='stratified' for other temperatures."
             )
-        self._seg_starts = self._seg_steps * self.step_size
+        self.history = self._validate_history(history)
+        self._seg_starts, self._seg_temps = self._position_segments()
         self._tree = _Tree(len(self.sizes))
         self._segments: OrderedDict[int, _Segment] = OrderedDict()
         # States at segment starts: (group draw counts, node phases). Segment 0 starts from keyed random phases.
         phases = derive_key(self.seed, _TAG_PHASE, np.arange(max(len(self.sizes) - 1, 0))) >> np.uint64(64 - _Q_BITS)
+        phases = phases.astype(np.uint64)
         self._states: dict[int, tuple[np.ndarray, np.ndarray]] = {0: (np.zeros(len(self.sizes), np.int64), phases)}
         self._state_stride = max(1, math.ceil(len(self._seg_temps) * len(self.sizes) / _STATE_BUDGET))
 
@@ -281,18 +284,54 @@ class Mixture:
     def temperature_at(self, step: int) -> float:
         """The temperature whose draws fill optimizer step ``step``."""
         step = _non_negative_int(step, "step")
-        return self._seg_temps[int(np.searchsorted(self._seg_steps, step, side="right")) - 1]
+        return self._run_temps[int(np.searchsorted(self._run_steps, step, side="right")) - 1]
 
     def probs_at(self, step: int) -> torch.Tensor:
         """The group probabilities realised at optimizer step ``step`` (``p(T)`` after 2^-32 rounding)."""
-        step = _non_negative_int(step, "step")
-        segment = int(np.searchsorted(self._seg_steps, step, side="right")) - 1
-        return torch.from_numpy(self._segment(segment).realised.copy())
+        if self.order == "epoch":
+            return torch.from_numpy(self.sizes / self.total)
+        probs = temperature_probs(self.sizes, self.temperature_at(step)).numpy()
+        return torch.from_numpy(self._tree.realised(self._tree.shares(probs)))
 
     @property
     def segments(self) -> list[tuple[int, float]]:
         """``(first optimizer step, temperature)`` of every constant-temperature run of the schedule."""
-        return [(int(s), t) for s, t in zip(self._seg_steps.tolist(), self._seg_temps)]
+        return [(int(s), t) for s, t in zip(self._run_steps.tolist(), self._run_temps)]
+
+    def step_of(self, position: int) -> int:
+        """The optimizer step that global sample ``position`` belongs to."""
+        position = _non_negative_int(position, "position")
+        starts = [p for p, _, _ in self._pieces()]
+        piece = int(np.searchsorted(np.asarray(starts), position, side="right")) - 1
+        start, step, size = self._pieces()[piece]
+        return step + (position - start) // size
+
+    def rebased(self, position: int, step: int, step_size: int) -> Mixture:
+        """The same stream before ``position``; from there on, ``step_size`` samples per step from step ``step``.
+
+        This is how a resume onto another global batch (another number of processes, batch size or gradient
+        accumulation) keeps the schedule on its optimizer steps while the sample stream continues from its
+        position.
+
+        Example:
+            >>> from lightning_balance import Cooldown
+            >>> mix = Mixture([90, 10], temperature=Cooldown(5.0, 1.0, 0.5), step_size=8, total_steps=10)
+            >>> later = mix.rebased(position=16, step=2, step_size=4)  # half the batch from step 2 on
+            >>> later.step_of(15), later.step_of(16), later.step_of(35), later.step_of(36)
+            (1, 2, 6, 7)
+            >>> bool((later.indices(0, 16) == mix.indices(0, 16)).all())
+            True
+        """
+        position = _non_negative_int(position, "position")
+        step = _non_negative_int(step, "step")
+        step_size = _positive_int(step_size, "step_size")
+        if self.step_of(position) == step and self._pieces()[-1][2] == step_size:
+            return self
+        history = [list(piece) for piece in self.history if piece[0] < position] + [[position, step, step_size]]
+        return Mixture(
+            self.sizes, self.temperature, seed=self.seed, step_size=self.step_size, total_steps=self.total_steps,
+            order=self.order, num_samples=self.num_samples, history=history,
+        )
 
     # ------------------------------------------------------------------ counts
     def counts(self, position: int) -> torch.Tensor:
@@ -338,6 +377,7 @@ class Mixture:
             "step_size": self.step_size,
             "total_steps": self.total_steps,
             "segments": [[s, t] for s, t in self.segments][:64],
+            "history": [list(piece) for piece in self.history],
         }
 
     def __repr__(self) -> str:
@@ -347,6 +387,51 @@ class Mixture:
         )
 
     # ------------------------------------------------------------------ internals
+    def _validate_history(self, history: Optional[Sequence[Sequence[int]]]) -> list[list[int]]:
+        pieces: list[list[int]] = []
+        last_position, last_step = 0, 0
+        for entry in history or []:
+            try:
+                position, step, size = (int(v) for v in entry)
+            except (TypeError, ValueError) as err:
+                raise ValueError(
+                    f"Expected every entry of `history` to be (position, step, step_size), but got {entry!r}."
+                ) from err
+            if position <= last_position and pieces or position < 0 or step < last_step or size <= 0:
+                raise ValueError(
+                    f"Expected `history` entries with increasing positions, non-decreasing steps and positive step"
+                    f" sizes, but got {entry!r} after position {last_position}, step {last_step}."
+                )
+            pieces.append([position, step, size])
+            last_position, last_step = position, step
+        return pieces
+
+    def _pieces(self) -> list[tuple[int, int, int]]:
+        """(first position, its step, samples per step) of every stretch of the stream."""
+        return [(0, 0, self.step_size)] + [(p, s, z) for p, s, z in self.history]
+
+    def _position_segments(self) -> tuple[np.ndarray, list[float]]:
+        """Runs of constant temperature in positions: the step runs mapped through every stretch."""
+        pieces = self._pieces()
+        starts: list[int] = []
+        temps: list[float] = []
+
+        def add(position: int, temperature: float) -> None:
+            if not temps or temps[-1] != temperature:
+                starts.append(position)
+                temps.append(temperature)
+
+        for i, (first, step, size) in enumerate(pieces):
+            end = pieces[i + 1][0] if i + 1 < len(pieces) else None
+            run = int(np.searchsorted(self._run_steps, step, side="right")) - 1
+            add(first, self._run_temps[run])
+            for j in range(run + 1, len(self._run_steps)):
+                position = first + (int(self._run_steps[j]) - step) * size
+                if end is not None and position >= end:
+                    break
+                add(position, self._run_temps[j])
+        return np.asarray(starts, dtype=np.int64), temps
+
     def _check_position(self, value: Any, name: str) -> int:
         value = _non_negative_int(value, name)
         limit = self.num_samples if self.num_samples is not None else _MAX_POSITION

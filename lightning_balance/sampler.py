@@ -1,76 +1,43 @@
 r"""
-Temperature sampler
-^^^^^^^^^^^^^^^^^^^
+Samplers over a mixture
+^^^^^^^^^^^^^^^^^^^^^^^
 
-A distributed, resumable two-stage sampler: draw a group with :math:`p_i \propto n_i^{1/T}`, then an example
-of that group. It replaces ``WeightedRandomSampler`` (no more than :math:`2^{24}` items, one float per item,
-single process) and Lightning's ``DistributedSamplerWrapper`` (materialises and re-shuffles the inner list on
-every rank).
+:class:`MixtureSampler` hands a :class:`~lightning_balance.Mixture`'s global stream to one process of a
+distributed run: rank ``r`` of ``R`` yields the dataset indices at global positions ``p + r, p + r + R, ...`` from
+its position ``p``. The position is all its state, so a resume, on any number of processes or with any batch, is
+one integer and costs nothing, and the sampler holds nothing of the size of the data.
 
-How an epoch is planned
------------------------
-1. The epoch is cut into *segments* of constant temperature: the schedule is evaluated once per optimizer
-   step (``step_size`` global samples), so a temperature change lands exactly on a step boundary.
-2. In each segment, the number of draws of every group is one multinomial draw; arranging those draws in a
-   uniformly random order (step 4) makes the group sequence exactly i.i.d. temperature sampling.
-3. Inside a group, draws walk through a chain of fresh permutations of the group, continued across epochs.
-   An example is therefore never drawn a second time before every example of its group has been drawn once:
-   an upsampled tail group cycles through all its examples, and a head group that is drawn less than its
-   size is still covered evenly over epochs.
-4. Each segment is shuffled, and rank ``r`` of ``R`` takes ``global[r::R]``.
-
-Everything is keyed on ``(seed, epoch)`` only, so the global sequence is the same whatever the number of
-replicas, and memory stays at a few integers per example (no float weight per example).
+:class:`TemperatureSampler` is the same sampler for a dataset whose examples carry arbitrary group ids: a
+:class:`GroupIndex` (one integer per example) sorts the indices by group, and the mixture runs over the group
+sizes. Both replace ``WeightedRandomSampler`` (no more than :math:`2^{24}` items, one float per item, single
+process) and Lightning's ``DistributedSamplerWrapper`` (materialises and re-shuffles the inner list on every rank).
+They subclass ``DistributedSampler`` only so that Lightning neither wraps nor re-shuffles them.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import operator
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DistributedSampler
 
-from lightning_balance.schedules import TemperatureLike, is_schedule, resolve_temperature
-from lightning_balance.temperature import temperature_probs
+from lightning_balance.mixture import Mixture, Order
+from lightning_balance.schedules import TemperatureLike
 
-__all__ = ["TemperatureSampler", "GroupIndex"]
+__all__ = ["MixtureSampler", "TemperatureSampler", "GroupIndex"]
 
 GroupsLike = Union[Sequence[int], np.ndarray, torch.Tensor]
 
-# Tags that keep the random streams of the different planning stages independent.
-_COUNTS, _PASSES, _SHUFFLE = 0, 1, 2
-# Permutations of small groups are made in blocks of about this many elements, so a tail group drawn a
-# million times costs a few hundred vectorised calls instead of one call per pass, while a group drawn a
-# few times does not pay for a large block.
-_PASS_BLOCK = 1 << 12
 # Group ids are counted and sorted in chunks of this many: np.bincount and np.argsort make int64 arrays of
 # their input's length, 8 bytes per example if run over all of it at once.
 _COUNT_CHUNK = 1 << 22
-# The schedule is evaluated on at most about this many blocks of steps per epoch (plus a bisection where the
-# temperature changes), which bounds the number of segments and so the planning cost of smooth schedules.
-_MAX_SCHEDULE_BLOCKS = 1 << 10
-# Indices are handed to the DataLoader in chunks: ``tolist()`` on a whole 10^8 epoch would need GBs.
+# Global positions are turned into indices this many at a time: bounded memory, and vectorised work.
 _YIELD_CHUNK = 1 << 16
-
-
-def _seed(*keys: int) -> int:
-    """A 63-bit seed mixed from ``keys``, so nearby keys give unrelated streams."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-def _torch_generator(*keys: int) -> torch.Generator:
-    return torch.Generator().manual_seed(_seed(*keys))
-
-
-def _index_dtype(n: int) -> torch.dtype:
-    # int32 halves the memory of every O(N) buffer; it is exact below 2^31 items.
-    return torch.int32 if n < 2**31 else torch.int64
 
 
 def _as_group_array(groups: GroupsLike) -> np.ndarray:
@@ -78,7 +45,13 @@ def _as_group_array(groups: GroupsLike) -> np.ndarray:
     if isinstance(groups, torch.Tensor):
         array = groups.detach().cpu().numpy()
     else:
-        array = np.asarray(groups)
+        try:
+            array = np.asarray(groups)
+        except ValueError as err:
+            raise ValueError(
+                "Expected argument `groups` to be a flat sequence with one integer group id per dataset index, but"
+                f" it is ragged: {err}"
+            ) from err
     if array.ndim != 1:
         raise ValueError(
             f"Expected argument `groups` to be 1-D (one group id per dataset index), but got shape {array.shape}."
@@ -118,6 +91,10 @@ class GroupIndex:
                 " they must be small consecutive integers. Remap them first, e.g."
                 " `groups = np.unique(groups, return_inverse=True)[1]`."
             )
+        if num_groups is not None and (
+            isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)) or num_groups <= 0
+        ):
+            raise ValueError(f"Expected argument `num_groups` to be a positive integer, but got {num_groups!r}.")
         if num_groups is None:
             num_groups = high + 1
         elif high >= num_groups:
@@ -157,33 +134,175 @@ class GroupIndex:
         return self.order[int(self.offsets[group]) : int(self.offsets[group + 1])]
 
 
-class TemperatureSampler(DistributedSampler):
-    r"""Temperature sampling over groups, deterministic, distributed and resumable.
+class MixtureSampler(DistributedSampler):
+    r"""This process's share of a :class:`~lightning_balance.Mixture`'s stream, from a global position.
+
+    Each iteration yields ``num_samples / num_replicas`` indices (rounded up, or down with ``drop_last``) and moves
+    the position past the global samples it covered, so consecutive iterations continue one stream.
+
+    Args:
+        mixture: the global stream.
+        num_samples: global samples per iteration (an "epoch"), over all replicas; defaults to the mixture's
+            total size.
+        num_replicas: number of processes; defaults to the process group's size, or 1 without one.
+        rank: this process's rank; defaults to the process group's rank, or 0 without one.
+        drop_last: when ``num_samples`` is not a multiple of ``num_replicas``, ``False`` gives every rank one more
+            sample from the continuing stream, ``True`` one fewer.
+
+    Example:
+        >>> mix = Mixture([90, 10], temperature=float("inf"), seed=0)
+        >>> both = [list(MixtureSampler(mix, num_samples=8, num_replicas=2, rank=r)) for r in range(2)]
+        >>> [i for pair in zip(*both) for i in pair] == mix.indices(0, 8).tolist()
+        True
+        >>> sampler = MixtureSampler(mix, num_samples=8)
+        >>> sampler.set_position(10**9)  # seeking is free
+        >>> list(sampler) == mix.indices(10**9, 10**9 + 8).tolist()
+        True
+    """
+
+    def __init__(
+        self,
+        mixture: Mixture,
+        *,
+        num_samples: Optional[int] = None,
+        num_replicas: Optional[int] = None,
+        rank: Optional[int] = None,
+        drop_last: bool = False,
+    ) -> None:
+        # DistributedSampler.__init__ is not called: it needs a dataset and an initialised process group.
+        if not isinstance(mixture, Mixture):
+            raise TypeError(f"Expected argument `mixture` to be a lightning_balance.Mixture, but got {mixture!r}.")
+        self.mixture = mixture
+        self.num_samples = mixture.total if num_samples is None else _positive_int(num_samples, "num_samples")
+        self.num_replicas, self.rank = _resolve_world(num_replicas, rank)
+        self.drop_last = bool(drop_last)
+        self.shuffle = True
+        self.seed = mixture.seed
+        self.epoch = 0
+        self._position: Optional[int] = None  # set by set_position / load_state_dict for the next iterator
+        self._start = 0  # global position where the live iterator started
+        self._yielded = 0  # indices the live iterator has handed out on this rank
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def per_iteration(self) -> int:
+        """Global positions one iteration covers: ``len(self) * num_replicas``."""
+        return len(self) * self.num_replicas
+
+    def __len__(self) -> int:
+        """Samples this rank yields per iteration."""
+        if self.drop_last:
+            return self.num_samples // self.num_replicas
+        return math.ceil(self.num_samples / self.num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start the next iterator at epoch ``epoch``: position ``epoch * per_iteration`` (Lightning calls it).
+
+        A position given by :meth:`set_position` or a loaded state takes precedence for the next iterator.
+        """
+        self.epoch = int(epoch)
+
+    def set_position(self, position: int) -> None:
+        """Start the next iterator at global sample ``position`` of the stream."""
+        if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or position < 0:
+            raise ValueError(f"Expected argument `position` to be a non-negative integer, but got {position!r}.")
+        self._position = int(position)
+
+    @property
+    def position(self) -> int:
+        """The global position of the next sample this rank's stream has not handed out."""
+        return self._start + self._yielded * self.num_replicas
+
+    def __iter__(self) -> Iterator[int]:
+        if self._position is not None:
+            start, self._position = self._position, None
+        else:
+            start = self.epoch * self.per_iteration
+        self._start, self._yielded = start, 0
+        stop = start + self.per_iteration
+        chunk = _YIELD_CHUNK * self.num_replicas
+        for lo in range(start, stop, chunk):
+            hi = min(lo + chunk, stop)
+            items = self._indices(lo, hi)[self.rank :: self.num_replicas].tolist()
+            for item in items:
+                self._yielded += 1
+                yield item
+
+    def _indices(self, start: int, stop: int) -> torch.Tensor:
+        return self.mixture.indices(start, stop)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values: the global position and what identifies the stream.
+
+        With DataLoader workers the loader prefetches, so ``position`` runs ahead of what the model has trained
+        on; :class:`~lightning_balance.BalancedDataModule` saves the exact position from the Trainer's progress.
+        """
+        return {"position": self.position, "mixture": self.mixture.config()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the saved stream: the next iterator starts at the saved position."""
+        self._position = _check_resume(state, self.mixture)
+
+
+def _check_resume(state: dict[str, Any], mixture: Mixture) -> int:
+    """The position saved in ``state``, after checking it belongs to the same stream as ``mixture``."""
+    saved = state.get("mixture")
+    if saved is None:
+        if "epoch" in state and "consumed" in state:
+            # A checkpoint of the epoch-plan sampler of lightning-balance 0.1.
+            position = int(state["epoch"]) * int(state.get("num_samples", 0)) + int(state["consumed"])
+            position = int(state.get("position", position))
+            rank_zero_warn(
+                "Resuming from a sampler checkpoint of lightning-balance 0.1: the position in the stream"
+                f" ({position} samples) is kept, but the samples drawn after it differ from the ones the old sampler"
+                " would have drawn. Restart from scratch to reproduce a run exactly."
+            )
+            return position
+        raise ValueError(f"Cannot resume the sampler: the state {sorted(state)} holds no `mixture` description.")
+    mine = mixture.config()
+    for key in ("num_groups", "total", "sizes_digest", "seed", "order"):
+        if key in saved and saved[key] != mine[key]:
+            raise ValueError(
+                f"Cannot resume the sampler: the checkpoint has {key}={saved[key]!r} but this mixture has"
+                f" {key}={mine[key]!r}. Build it with the same group sizes, seed and order to continue the stream,"
+                " or start a new run."
+            )
+    changed = [key for key in ("segments", "step_size", "total_steps") if key in saved and saved[key] != mine[key]]
+    if changed:
+        rank_zero_warn(
+            "Resuming a mixture whose temperature schedule changed ("
+            + ", ".join(f"{key}: {saved[key]!r} -> {mine[key]!r}" for key in changed)
+            + "): the position is kept and the new schedule applies from there."
+        )
+    return _non_negative(state.get("position", 0), "position")
+
+
+class TemperatureSampler(MixtureSampler):
+    r"""Temperature sampling over examples that carry arbitrary group ids; deterministic, distributed, resumable.
 
     Group ``i`` is drawn with probability :math:`p_i \propto n_i^{1/T}`
-    (:func:`~lightning_balance.temperature_probs`), then an example inside it from a chain of fresh permutations
-    of the group. The global sequence of an epoch depends only on ``seed`` and the epoch; rank ``r`` of
-    ``num_replicas`` yields ``global[r::num_replicas]``.
-
-    It subclasses :class:`~torch.utils.data.DistributedSampler` only so that Lightning recognises it as
-    distributed and neither wraps nor re-shuffles it.
+    (:func:`~lightning_balance.temperature_probs`), then an example of it from a fresh permutation of the group
+    per pass (see :class:`~lightning_balance.Mixture`). Memory is one integer per example, in the
+    :class:`GroupIndex`.
 
     Args:
         groups: integer group id of every dataset index (list, ndarray or tensor), or a prebuilt
             :class:`GroupIndex` to share one between samplers.
-        temperature: a temperature :math:`T > 0` (``float("inf")`` is uniform over groups) or a schedule
-            ``schedule(progress) -> temperature`` such as :class:`~lightning_balance.Cooldown`.
+        temperature: ``T > 0`` (``float("inf")`` is uniform over groups) or a schedule
+            ``schedule(progress) -> T`` such as :class:`~lightning_balance.Cooldown`.
         num_samples: global number of samples per epoch, over all replicas. Defaults to ``len(groups)``.
         num_replicas: number of processes; defaults to the process group's size, or 1 without one.
         rank: this process's rank; defaults to the process group's rank, or 0 without one.
-        seed: the seed of every epoch's plan; must be the same on every rank.
-        drop_last: like ``DistributedSampler``: when ``num_samples`` is not a multiple of ``num_replicas``,
-            ``False`` pads the epoch with its first samples so every rank yields the same count, ``True`` trims
-            the tail of the epoch instead.
-        total_samples: global samples over the whole run. Needed only with a schedule: the progress at a sample
-            is the fraction of ``total_samples`` drawn before it.
-        step_size: global samples per optimizer step. The schedule is evaluated once per step, so no step mixes
-            two temperatures. Defaults to 1.
+        seed: the seed of the stream; must be the same on every rank.
+        drop_last: see :class:`MixtureSampler`.
+        step_size: global samples per optimizer step; the temperature changes only between steps.
+        total_steps: optimizer steps in the run, needed with a schedule: step ``s`` has progress
+            ``s / total_steps``.
+        total_samples: the run's length in samples instead of ``total_steps`` (``ceil(total_samples / step_size)``
+            steps).
+        num_groups: the number of groups, when the last ones may have no example.
+        order: the group sequence: ``"stratified"`` (default), ``"iid"`` or ``"epoch"`` (see
+            :class:`~lightning_balance.Mixture`).
 
     Example:
         >>> sampler = TemperatureSampler([0] * 90 + [1] * 10, temperature=float("inf"), num_samples=8, seed=0)
@@ -207,34 +326,29 @@ class TemperatureSampler(DistributedSampler):
         rank: Optional[int] = None,
         seed: int = 0,
         drop_last: bool = False,
-        total_samples: Optional[int] = None,
         step_size: int = 1,
+        total_steps: Optional[int] = None,
+        total_samples: Optional[int] = None,
         num_groups: Optional[int] = None,
+        order: Order = "stratified",
     ) -> None:
-        # DistributedSampler.__init__ is not called: it needs a dataset and an initialised process group.
         self.index = groups if isinstance(groups, GroupIndex) else GroupIndex(groups, num_groups)
-        if not is_schedule(temperature):
-            resolve_temperature(temperature, 0.0)  # validates now rather than at the first epoch
+        step_size = _positive_int(step_size, "step_size")
+        if total_steps is None and total_samples is not None:
+            total_steps = math.ceil(_positive_int(total_samples, "total_samples") / step_size)
+        mixture = Mixture(
+            self.index.counts.numpy(), temperature, seed=seed, step_size=step_size, total_steps=total_steps,
+            order=order,
+        )
         self.temperature = temperature
-        self.num_samples = len(self.index) if num_samples is None else _positive_int(num_samples, "num_samples")
-        self.num_replicas, self.rank = _resolve_world(num_replicas, rank)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"Expected argument `seed` to be a non-negative integer, but got {seed!r}.")
-        self.seed = int(seed)
-        self.drop_last = bool(drop_last)
-        self.shuffle = True
-        self.total_samples = None if total_samples is None else _positive_int(total_samples, "total_samples")
-        self.step_size = _positive_int(step_size, "step_size")
-        self.epoch = 0
-        self._resume: Optional[tuple[int, int]] = None  # (epoch, global samples already consumed)
-        self._position: Optional[int] = None  # global stream position of the next iterator, if set
-        self._streaming = False  # whether the current iterator was started by `set_position`
-        self._start = 0
-        self._done = 0
-        self._live: Optional[tuple[int, Iterator[int]]] = None
-        self._epoch_counts_cache: dict[int, torch.Tensor] = {}
+        super().__init__(
+            mixture,
+            num_samples=len(self.index) if num_samples is None else num_samples,
+            num_replicas=num_replicas,
+            rank=rank,
+            drop_last=drop_last,
+        )
 
-    # ------------------------------------------------------------------ public API
     @property
     def group_counts(self) -> torch.Tensor:
         """Number of dataset examples in every group."""
@@ -244,272 +358,24 @@ class TemperatureSampler(DistributedSampler):
     def num_groups(self) -> int:
         return self.index.num_groups
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose plan the next iterator yields (Lightning calls it before every epoch)."""
-        self.epoch = int(epoch)
-        # Nothing of the new epoch has been handed out yet: a state dict taken now must say so.
-        self._start, self._done, self._live, self._streaming = 0, 0, None, False
-
-    def __len__(self) -> int:
-        """Samples this rank yields in a full epoch (a resumed epoch yields only what remains of it)."""
-        if self.drop_last:
-            return self.num_samples // self.num_replicas
-        return math.ceil(self.num_samples / self.num_replicas)
-
-    def set_position(self, position: int) -> None:
-        """Start the next iterator at global sample ``position`` of the whole run's stream.
-
-        The stream is every epoch's plan back to back; ``position`` counts the global samples already trained
-        on since the start of training. The next iterator yields one epoch's worth of samples from there,
-        crossing into the next epoch's plan when it has to, and ignores :meth:`set_epoch`. This is how
-        :class:`~lightning_balance.BalancedDataModule` keeps the stream exact whatever the Trainer's epochs do:
-        a mid-epoch resume, ``limit_train_batches``, or the extra batch Lightning trains when it resumes from a
-        checkpoint saved at the end of an epoch.
-        """
-        if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or position < 0:
-            raise ValueError(f"Expected argument `position` to be a non-negative integer, but got {position!r}.")
-        self._position = int(position)
-
-    def __iter__(self) -> Iterator[int]:
-        if self._position is not None:
-            epoch, start = divmod(self._position, self.num_samples)
-            self._position = None
-            self._resume = None
-            self._streaming = True
-            self.epoch = epoch
-            local = self._window(epoch, start)[self.rank :: self.num_replicas]
-        else:
-            self._streaming = False
-            plan = self.epoch_plan(self.epoch)
-            start = 0
-            if self._resume is not None:
-                resume_epoch, consumed = self._resume
-                self._resume = None
-                if resume_epoch == self.epoch:
-                    start = consumed
-            local = self._rank_slice(plan, start)
-            del plan
-        self._start = start
-        self._done = 0
-        for chunk in local.split(_YIELD_CHUNK):
-            items = chunk.tolist()
-            self._live = (len(items), iter(items))
-            # `yield from` a list iterator hands out the indices at C speed; the position inside the chunk is
-            # read back from the iterator's length hint when a state dict is asked for.
-            yield from self._live[1]
-            self._done += len(items)
-        self._live = None
-
-    @property
-    def _yielded(self) -> int:
-        """Indices this rank's current iterator has handed out."""
-        if self._live is None:
-            return self._done
-        size, iterator = self._live
-        return self._done + size - operator.length_hint(iterator)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Plain-value state for a checkpoint.
-
-        ``consumed`` counts the global samples of the current epoch handed out so far. With DataLoader workers
-        the loader prefetches, so this over-counts what the model has seen; :class:`BalancedDataModule`
-        replaces it with the exact count from the Trainer's progress.
-        """
-        epoch, consumed = self.epoch, self._start + self._yielded * self.num_replicas
-        if self._streaming:
-            # A streaming iterator may have crossed into the next epoch's plan.
-            epoch, consumed = divmod(epoch * self.num_samples + consumed, self.num_samples)
-        return {
-            "epoch": epoch,
-            "consumed": consumed,
-            "seed": self.seed,
-            "num_samples": self.num_samples,
-            "num_examples": len(self.index),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the saved epoch's index stream: the next iterator skips the consumed samples."""
-        for key, mine in (("seed", self.seed), ("num_samples", self.num_samples), ("num_examples", len(self.index))):
-            saved = state.get(key, mine)
-            if saved != mine:
-                raise ValueError(
-                    f"Cannot resume the sampler: the checkpoint has {key}={saved} but this sampler has {key}={mine}."
-                    f" Build the sampler with the same {key} to continue the same index stream."
-                )
-        self.epoch = int(state.get("epoch", 0))
-        consumed = int(state.get("consumed", 0))
-        self._resume = (self.epoch, consumed) if consumed > 0 else None
-
-    def probs(self, progress: float = 0.0) -> torch.Tensor:
-        """Group probabilities in force at ``progress`` (fraction of training done)."""
-        return temperature_probs(self.index.counts, resolve_temperature(self.temperature, progress))
+    def _indices(self, start: int, stop: int) -> torch.Tensor:
+        # The mixture numbers examples group by group; the index maps those numbers to dataset indices.
+        return torch.index_select(self.index.order, 0, self.mixture.indices(start, stop)).long()
 
     def epoch_plan(self, epoch: int) -> torch.Tensor:
         """The global index sequence of ``epoch`` (``num_samples`` dataset indices), the same on every rank."""
-        segments = self._segments(epoch)
-        counts = self._segment_counts(epoch, segments)
-        # Later epochs continue each group's walk from this epoch's totals: keep them rather than redraw them.
-        self._epoch_counts_cache.setdefault(epoch, counts.sum(0))
-        cursor = sum((self._epoch_group_counts(e) for e in range(epoch)), torch.zeros_like(self.index.counts))
-        streams = [self._group_stream(g, int(cursor[g]), int(counts[:, g].sum())) for g in range(self.num_groups)]
-        # Lay every segment out group by group, then shuffle it in place; the streams are freed before the
-        # shuffle so that at most three int buffers of the epoch's size are alive at once.
-        plan = torch.empty(self.num_samples, dtype=self.index.order.dtype)
-        taken = [0] * self.num_groups
-        position = 0
-        for s in range(len(segments)):
-            for g in torch.nonzero(counts[s]).flatten().tolist():
-                c = int(counts[s, g])
-                plan[position : position + c] = streams[g][taken[g] : taken[g] + c]
-                taken[g] += c
-                position += c
-        del streams
-        start = 0
-        for s, (length, _) in enumerate(segments):
-            generator = _torch_generator(self.seed, epoch, s, _SHUFFLE)
-            shuffle = torch.randperm(length, generator=generator, dtype=_index_dtype(length))
-            # index_select is several times faster than advanced indexing for int32 indices.
-            plan[start : start + length] = torch.index_select(plan[start : start + length], 0, shuffle)
-            start += length
-        return plan
+        start = int(epoch) * self.num_samples
+        return self._indices(start, start + self.num_samples)
 
-    # ------------------------------------------------------------------ planning stages
-    def _progress_steps(self) -> Optional[int]:
-        if not is_schedule(self.temperature):
-            return None
-        if self.total_samples is None:
-            raise ValueError(
-                "`temperature` is a schedule, so the sampler needs the length of training: pass"
-                " `total_samples=` (global samples over the whole run) to `TemperatureSampler`, or use"
-                " `BalancedDataModule`, which sets it from the Trainer's `max_steps` or `max_epochs`."
-            )
-        return max(1, math.ceil(self.total_samples / self.step_size))
-
-    def _segments(self, epoch: int) -> list[tuple[int, float]]:
-        """``(length, temperature)`` runs of constant temperature covering the epoch, in order.
-
-        With more steps in the epoch than ``_MAX_SCHEDULE_BLOCKS``, the schedule is read once per block of steps,
-        and where two blocks differ a bisection finds the steps where the value changes. A step schedule such as
-        Cooldown therefore still switches on its exact step (up to two changes per block are placed exactly); a
-        smooth ramp is held constant over stretches of at most a block.
-        """
-        total_steps = self._progress_steps()
-        if total_steps is None:
-            return [(self.num_samples, resolve_temperature(self.temperature, 0.0))]
-        first = epoch * self.num_samples
-        last = first + self.num_samples  # exclusive, in global samples since the start of training
-        step_lo, step_hi = first // self.step_size, (last - 1) // self.step_size + 1
-
-        def at(step: int) -> float:
-            return resolve_temperature(self.temperature, step / total_steps)
-
-        stride = max(1, math.ceil((step_hi - step_lo) / _MAX_SCHEDULE_BLOCKS))
-        # Probe every block start and the epoch's last step. Between two probes that differ, bisect for the first
-        # step that leaves the old value and for the first step that holds the new one: one or two changes per
-        # block land on their exact steps, and a smooth schedule costs at most three segments per block.
-        probes = list(range(step_lo, step_hi, stride))
-        if probes[-1] != step_hi - 1:
-            probes.append(step_hi - 1)
-        changes = [(step_lo, at(step_lo))]
-        previous = step_lo
-        for probe in probes[1:]:
-            target = at(probe)
-            old = changes[-1][1]
-            if old != target:
-                left = _first_step(at, max(previous, changes[-1][0]), probe, functools.partial(operator.ne, old))
-                changes.append((left, at(left)))
-                if changes[-1][1] != target:
-                    changes.append((_first_step(at, left, probe, functools.partial(operator.eq, target)), target))
-            previous = probe
-        segments: list[tuple[int, float]] = []
-        bounds = [max(step * self.step_size, first) for step, _ in changes] + [last]
-        for (_, t), lo_sample, hi_sample in zip(changes, bounds[:-1], bounds[1:], strict=True):
-            if segments and segments[-1][1] == t:
-                segments[-1] = (segments[-1][0] + hi_sample - lo_sample, t)
-            elif hi_sample > lo_sample:
-                segments.append((hi_sample - lo_sample, t))
-        return segments
-
-    def _segment_counts(self, epoch: int, segments: list[tuple[int, float]]) -> torch.Tensor:
-        """Draws of every group in every segment: ``[num_segments, num_groups]``, one multinomial each."""
-        rng = np.random.Generator(np.random.PCG64(_seed(self.seed, epoch, _COUNTS)))
-        probs_cache: dict[float, np.ndarray] = {}
-        rows = []
-        for length, t in segments:
-            if t not in probs_cache:
-                probs_cache[t] = temperature_probs(self.index.counts, t).numpy()
-            rows.append(rng.multinomial(length, probs_cache[t]))
-        return torch.from_numpy(np.stack(rows).astype(np.int64))
-
-    def _epoch_group_counts(self, epoch: int) -> torch.Tensor:
-        """Draws of every group over the whole ``epoch`` (cached: later epochs continue each group's walk)."""
-        if epoch not in self._epoch_counts_cache:
-            self._epoch_counts_cache[epoch] = self._segment_counts(epoch, self._segments(epoch)).sum(0)
-        return self._epoch_counts_cache[epoch]
-
-    def _pass_block(self, group: int, block: int, size: int, passes: int) -> torch.Tensor:
-        """``passes`` consecutive permutations of ``range(size)`` for ``group``, flattened."""
-        gen = _torch_generator(self.seed, group, block, _PASSES)
-        if passes == 1:
-            return torch.randperm(size, generator=gen, dtype=_index_dtype(size))
-        keys = torch.rand(passes, size, generator=gen)
-        return keys.argsort(dim=1).to(_index_dtype(size)).flatten()
-
-    def _group_stream(self, group: int, start: int, count: int) -> torch.Tensor:
-        """Dataset indices at positions ``[start, start + count)`` of ``group``'s chain of permutations."""
-        size = int(self.index.counts[group])
-        if count == 0 or size == 0:
-            return self.index.order[:0]
-        passes = max(1, _PASS_BLOCK // size)
-        block_len = passes * size
-        pieces = []
-        position, end = start, start + count
-        while position < end:
-            block = position // block_len
-            base = block * block_len
-            local = self._pass_block(group, block, size, passes)
-            pieces.append(local[position - base : min(end - base, block_len)])
-            position = base + min(end - base, block_len)
-        local_positions = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
-        return torch.index_select(self.index.members(group), 0, local_positions)
-
-    def _window(self, epoch: int, start: int) -> torch.Tensor:
-        """One epoch's worth of the global stream (``len(self)`` per rank) from ``start`` of ``epoch``'s plan."""
-        needed = len(self) * self.num_replicas
-        pieces = [self.epoch_plan(epoch)[start:]]
-        available = len(pieces[0])
-        while available < needed:
-            epoch += 1
-            pieces.append(self.epoch_plan(epoch))
-            available += len(pieces[-1])
-        return torch.cat(pieces)[:needed] if len(pieces) > 1 else pieces[0][:needed]
-
-    def _rank_slice(self, plan: torch.Tensor, start: int) -> torch.Tensor:
-        """This rank's share of ``plan[start:]``, padded or trimmed to the same length on every rank."""
-        remaining = plan[start:]
-        replicas = self.num_replicas
-        if self.drop_last:
-            remaining = remaining[: len(remaining) - len(remaining) % replicas]
-        elif len(remaining) % replicas:
-            pad = replicas - len(remaining) % replicas
-            # As DistributedSampler: pad with the epoch's first samples, repeated if the epoch is tiny.
-            repeats = math.ceil(pad / len(plan))
-            remaining = torch.cat([remaining, plan.repeat(repeats)[:pad]])
-        return remaining[self.rank :: replicas]
+    def probs(self, step: int = 0) -> torch.Tensor:
+        """Group probabilities realised at optimizer step ``step``."""
+        return self.mixture.probs_at(step)
 
 
-def _first_step(at: Callable[[int], float], lo: int, hi: int, reached: Callable[[float], bool]) -> int:
-    """The first step in ``(lo, hi]`` whose value is ``reached``, by bisection; ``at(hi)`` must be reached.
-
-    Exact when ``reached`` holds from some step on, as it does for a schedule that changes once in the range.
-    """
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if reached(at(mid)):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+def _non_negative(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"Expected `{name}` to be a non-negative integer, but got {value!r}.")
+    return int(value)
 
 
 def _positive_int(value: Any, name: str) -> int:

@@ -251,7 +251,8 @@ def test_horizon_from_max_steps_with_accumulation():
     # 4 steps per epoch (3 + 3 + 3 + 1 batches); 6 steps = one epoch (10 batches) and two more steps (6 batches).
     trainer(max_steps=6, accumulate_grad_batches=3, callbacks=[recorder]).fit(ToyModel(num_classes=2), dm)
     assert len(recorder.temperatures) == 16
-    assert recorder.temperatures == [5.0] * 8 + [1.0] * 8
+    # Cooldown(at=0.5) switches at optimizer step 3 of 6: after 3 whole windows, never inside one.
+    assert recorder.temperatures == [5.0] * 9 + [1.0] * 7
 
 
 def test_schedule_over_lightnings_default_epochs_warns():
@@ -264,7 +265,7 @@ def test_schedule_over_lightnings_default_epochs_warns():
     dm = _two_group_data(strategy="upsample", temperature=Cooldown(), batch_size=500)
     with pytest.warns(UserWarning, match="spans 1000 epochs"):
         trainer(callbacks=[StopAtOnce()]).fit(ToyModel(num_classes=2), dm)  # Lightning's default of 1000 epochs
-    assert dm.sampler.total_samples == 1000 * 1000
+    assert dm._total_steps == 1000 * 2
 
 
 def test_groups_follow_a_callback_that_keeps_part_of_the_batch():

@@ -51,9 +51,10 @@ def test_resume_matches_uninterrupted_run(tmp_path, strategy, temperature):
 def test_checkpoint_holds_plain_sampler_state(tmp_path):
     _run(tmp_path, "upsample", 5.0, save_every=13, num_workers=0)
     path = sorted(glob.glob(os.path.join(tmp_path, "*.ckpt")))[0]
-    state = torch.load(path, weights_only=False)["ToyData"]["sampler"]
-    assert state == {"epoch": 0, "consumed": 13 * 8, "position": 13 * 8, "processed": 13, "seed": 4,
-                     "num_samples": 160, "num_examples": 376, "strategy": "upsample"}
+    state = torch.load(path, weights_only=True)["ToyData"]["sampler"]  # plain values only
+    assert state["position"] == 13 * 8 and state["processed"] == 13 and state["step"] == 13
+    assert state["strategy"] == "upsample" and state["temperature"] == "5.0"
+    assert state["mixture"]["seed"] == 4 and state["mixture"]["total"] == 376 and state["mixture"]["history"] == []
 
 
 @pytest.mark.parametrize("checkpoint", [
@@ -96,3 +97,26 @@ def test_a_new_trainer_after_a_resume_starts_a_new_stream(tmp_path):
     trainer(max_steps=5, callbacks=[fresh]).fit(ToyModel(), dm)  # the same DataModule, no checkpoint
     assert resumed.steps == full.steps[13:]
     assert fresh.steps == full.steps[:5]
+
+
+@pytest.mark.parametrize("batch_after", [16, 4])
+def test_resume_onto_another_batch_keeps_the_schedule_on_its_optimizer_step(tmp_path, batch_after):
+    # Cooldown(at=0.5) over 40 optimizer steps: the switch stays at step 20 whatever the batch after the resume,
+    # and the sample stream continues from the checkpoint's position.
+    schedule = Cooldown(float("inf"), 1.0, 0.5)
+    dm = ToyData(strategy="upsample", temperature=schedule, batch_size=8, samples_per_epoch=160, seed=4)
+    saver = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=6, save_top_k=-1)
+    full = RecordIndices()
+    trainer(max_steps=40, callbacks=[full, saver], enable_checkpointing=True).fit(ToyModel(), dm)
+    assert full.temperatures.index(1.0) == 20
+    checkpoint = os.path.join(tmp_path, "epoch=0-step=6.ckpt")
+    resumed = RecordIndices()
+    dm2 = ToyData(strategy="upsample", temperature=schedule, batch_size=batch_after, samples_per_epoch=160, seed=4)
+    trainer(max_steps=40, callbacks=[resumed]).fit(ToyModel(), dm2, ckpt_path=checkpoint)
+    assert resumed.temperatures.index(1.0) == 20 - 6
+    stream = [i for step in full.steps for i in step]
+    continued = [i for step in resumed.steps for i in step]
+    # Both runs sample at T=inf until the first of them reaches step 20: until there the stream is the same.
+    same_until = min(20 * 8, 48 + (20 - 6) * batch_after)
+    assert continued[: same_until - 48] == stream[48:same_until]
+    assert continued[same_until - 48 : same_until - 48 + 8] != stream[same_until : same_until + 8]

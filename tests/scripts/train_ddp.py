@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 
 import lightning.pytorch as pl  # noqa: E402
 
-from lightning_balance import Cooldown  # noqa: E402
+from lightning_balance import Cooldown, MixtureSampler  # noqa: E402
 from tests.helpers import RecordIndices, ToyData, ToyModel, trainer  # noqa: E402
 
 parser = argparse.ArgumentParser()
@@ -46,5 +46,6 @@ with open(os.path.join(args.out, f"rank{fit_trainer.global_rank}.json"), "w") as
         "temperatures": recorder.temperatures,
         "sampler_is_ours": loader.sampler is dm.sampler,
         "sampler_type": type(loader.sampler).__name__,
+        "sampler_is_mixture": isinstance(loader.sampler, MixtureSampler),
         "world_size": fit_trainer.world_size,
     }, f)

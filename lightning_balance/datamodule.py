@@ -255,7 +255,8 @@ class BalancedDataModule(LightningDataModule):
         order: the sample order of the stream (see :class:`~lightning_balance.Mixture`). ``"epoch"``, the default
             of ``natural`` and ``upweight``, is a fresh permutation of the training set every epoch, as
             ``shuffle=True``; ``"stratified"``, the default of ``upsample``, keeps every prefix of the stream within
-            a few draws of each group's quota.
+            a few draws of each group's quota; ``"iid"`` draws every sample's group independently, the setting of
+            the paper's analysis.
 
     The training data is either ``self.train_dataset`` with a group id per example (see :meth:`train_groups`), or
     ``self.train_sources``, a mapping from group name to one map-style dataset per group (a torch ``Dataset``, a
@@ -329,8 +330,10 @@ class BalancedDataModule(LightningDataModule):
         val_batch_size = _optional_int(val_batch_size, "val_batch_size", minimum=1)
         seed = _optional_int(seed, "seed", minimum=0)  # type: ignore[assignment]
         num_workers = _optional_int(num_workers, "num_workers", minimum=0)  # type: ignore[assignment]
-        if order is not None and order not in ("stratified", "epoch"):
-            raise ValueError(f"Expected argument `order` to be 'stratified', 'epoch' or None, but got {order!r}.")
+        if order is not None and order not in ("stratified", "iid", "epoch"):
+            raise ValueError(
+                f"Expected argument `order` to be 'stratified', 'iid', 'epoch' or None, but got {order!r}."
+            )
         if order == "epoch" and strategy == "upsample":
             raise ValueError(
                 "`order='epoch'` is natural sampling and cannot upsample. Use order='stratified' (the default of"

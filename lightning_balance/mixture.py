@@ -20,6 +20,10 @@ How a position becomes an example
    (at most the tree depth, ~log2 K) at every temperature, the counts at any position come in closed form, and
    the phase carries across segments and temperature changes. The realised probabilities, after the 2^-32
    rounding, are what :meth:`Mixture.probs_at` reports.
+   ``order="iid"`` draws the group of every position independently from ``p(T)``, the setting the paper
+   analyses: each block of 2^16 positions gets multinomial counts (split exactly from its superblock's by
+   hypergeometric draws, so the whole sequence is i.i.d.) arranged in a keyed random order. Seeking costs one
+   multinomial per 2^29 positions before the target in its segment.
    ``order="epoch"`` (temperature 1 only) is plain natural sampling as ``shuffle=True`` knows it: each epoch is a
    fresh permutation of all examples, so every example is seen exactly once per epoch.
 3. **Example.** The ``d``-th draw of group ``g`` is example ``perm_{g, pass}(d mod n_g)`` with
@@ -49,8 +53,8 @@ from lightning_balance.temperature import temperature_probs
 
 __all__ = ["Mixture", "Order"]
 
-Order = Literal["stratified", "epoch"]
-_ORDERS = ("stratified", "epoch")
+Order = Literal["stratified", "iid", "epoch"]
+_ORDERS = ("stratified", "iid", "epoch")
 SizesLike = Union[Sequence[int], np.ndarray, torch.Tensor]
 
 # Probabilities at a tree node are integers in units of 2^-32.
@@ -64,7 +68,12 @@ _MAX_POSITION = 1 << 62
 # Segment-start states kept at most (K * this many integers in all); the rest are recomputed from the nearest.
 _STATE_BUDGET = 1 << 22
 # Tags that keep the key streams of the different stages apart.
-_TAG_PHASE, _TAG_PASS, _TAG_EPOCH = 11, 12, 13
+_TAG_PHASE, _TAG_PASS, _TAG_EPOCH, _TAG_IID_COUNTS, _TAG_IID_SPLIT, _TAG_IID_ORDER = 11, 12, 13, 14, 15, 16
+# order="iid": a segment is cut into superblocks whose group counts are independent multinomials, split down a
+# binary tree of multivariate hypergeometric draws into blocks, each arranged by a keyed permutation. Superblocks
+# stay below numpy's 10^9 limit on hypergeometric populations.
+_IID_SUPER = 1 << 29
+_IID_BLOCK = 1 << 16
 
 
 def _validate_sizes(sizes: SizesLike) -> np.ndarray:
@@ -206,8 +215,9 @@ class Mixture:
             temperature changes only between steps.
         total_steps: optimizer steps in the run; needed with a schedule (after it, the schedule holds its value at
             progress 1).
-        order: ``"stratified"`` (default) or ``"epoch"`` (temperature 1 only: a fresh permutation of all examples
-            every ``sum(sizes)`` positions, the ``shuffle=True`` of natural sampling).
+        order: ``"stratified"`` (default: lowest variance, every prefix within a few draws of its quota), ``"iid"``
+            (independent draws, the paper's setting) or ``"epoch"`` (temperature 1 only: a fresh permutation of
+            all examples every ``sum(sizes)`` positions, the ``shuffle=True`` of natural sampling).
         num_samples: optional finite length of the stream; positions at or past it are refused.
 
     Example:
@@ -291,6 +301,8 @@ class Mixture:
         if self.order == "epoch":
             return torch.from_numpy(self.sizes / self.total)
         probs = temperature_probs(self.sizes, self.temperature_at(step)).numpy()
+        if self.order == "iid":
+            return torch.from_numpy(probs)
         return torch.from_numpy(self._tree.realised(self._tree.shares(probs)))
 
     @property
@@ -339,6 +351,10 @@ class Mixture:
         position = self._check_position(position, "position")
         if self.order == "epoch":
             return torch.from_numpy(self._epoch_counts(position))
+        if self.order == "iid":
+            segment = int(np.searchsorted(self._seg_starts, position, side="right")) - 1
+            counts, _ = self._segment_state(segment)
+            return torch.from_numpy(counts + self._iid_prefix(segment, position - int(self._seg_starts[segment])))
         segment, block_start = self._locate(position)
         counts, phase = self._block_state(segment, block_start)
         extra, _ = self._descend(self._segment(segment).q, phase, position - block_start)
@@ -484,7 +500,10 @@ class Mixture:
         counts, phase = self._states[known]
         for s in range(known, segment):
             length = int(self._seg_starts[s + 1] - self._seg_starts[s])
-            extra, phase = self._descend(self._segment(s).q, phase, length)
+            if self.order == "iid":
+                extra = self._iid_prefix(s, length)
+            else:
+                extra, phase = self._descend(self._segment(s).q, phase, length)
             counts = counts + extra
             if (s + 1) % self._state_stride == 0:
                 self._states[s + 1] = (counts, phase)
@@ -515,6 +534,8 @@ class Mixture:
             raise ValueError(f"Expected `start <= stop`, but got start={start}, stop={stop}.")
         if self.order == "epoch":
             return self._epoch_draws(start, stop)
+        if self.order == "iid":
+            return self._iid_draws(start, stop)
         groups, draws = [], []
         position = start
         while position < stop:
@@ -562,3 +583,92 @@ class Mixture:
         index = permute(within, self.total, derive_key(self.seed, _TAG_EPOCH, epochs)).astype(np.int64)
         groups = np.searchsorted(self.offsets, index, side="right") - 1
         return groups, index
+
+    # ------------------------------------------------------------------ order="iid"
+    def _iid_rng(self, *keys: int) -> np.random.Generator:
+        return np.random.Generator(np.random.PCG64(int(derive_key(self.seed, *keys)[()])))
+
+    def _iid_super_counts(self, segment: int, index: int, length: int) -> np.ndarray:
+        """Group counts of superblock ``index`` of ``segment`` (``length`` positions): a multinomial draw."""
+        probs = self._segment(segment).probs
+        rng = self._iid_rng(_TAG_IID_COUNTS, int(self._seg_starts[segment]), index)
+        return rng.multinomial(length, probs / probs.sum()).astype(np.int64)
+
+    def _iid_block(self, segment: int, index: int, length: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """(counts of ``block`` within its superblock, counts of the blocks before it), by hypergeometric splits."""
+        counts = self._iid_super_counts(segment, index, length)
+        before = np.zeros_like(counts)
+        lo, hi = 0, -(-length // _IID_BLOCK)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            nonzero = np.flatnonzero(counts)
+            rng = self._iid_rng(_TAG_IID_SPLIT, int(self._seg_starts[segment]), index, lo, hi)
+            left = np.zeros_like(counts)
+            left[nonzero] = rng.multivariate_hypergeometric(counts[nonzero], (mid - lo) * _IID_BLOCK, method="marginals")
+            if block < mid:
+                counts, hi = left, mid
+            else:
+                before, counts, lo = before + left, counts - left, mid
+        return counts, before
+
+    def _iid_prefix(self, segment: int, offset: int) -> np.ndarray:
+        """Group counts among the first ``offset`` positions of ``segment``."""
+        seg_len = (
+            int(self._seg_starts[segment + 1] - self._seg_starts[segment])
+            if segment + 1 < len(self._seg_starts)
+            else _MAX_POSITION
+        )
+        total = np.zeros(self.num_groups, dtype=np.int64)
+        index, within = divmod(offset, _IID_SUPER)
+        for j in range(index):
+            total += self._iid_super_counts(segment, j, _IID_SUPER)
+        if within:
+            length = min(_IID_SUPER, seg_len - index * _IID_SUPER)
+            block, inside = divmod(within, _IID_BLOCK)
+            counts, before = self._iid_block(segment, index, length, block)
+            total += before
+            if inside:
+                groups = self._iid_block_groups(segment, index, block, counts)[:inside]
+                total += np.bincount(groups, minlength=self.num_groups)
+        return total
+
+    def _iid_block_groups(self, segment: int, index: int, block: int, counts: np.ndarray) -> np.ndarray:
+        """The group of every position of a block: its counts laid out in a keyed random order."""
+        length = int(counts.sum())
+        slots = permute(np.arange(length), length, derive_key(self.seed, _TAG_IID_ORDER,
+                                                              int(self._seg_starts[segment]), index, block))
+        return np.searchsorted(np.cumsum(counts), slots.astype(np.int64), side="right")
+
+    def _iid_draws(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        groups, draws = [], []
+        position = start
+        while position < stop:
+            segment = int(np.searchsorted(self._seg_starts, position, side="right")) - 1
+            seg_start = int(self._seg_starts[segment])
+            seg_len = (
+                int(self._seg_starts[segment + 1]) - seg_start if segment + 1 < len(self._seg_starts) else _MAX_POSITION
+            )
+            offset = position - seg_start
+            index, within = divmod(offset, _IID_SUPER)
+            block, inside = divmod(within, _IID_BLOCK)
+            length = min(_IID_SUPER, seg_len - index * _IID_SUPER)
+            block_start = seg_start + index * _IID_SUPER + block * _IID_BLOCK
+            end = min(stop, block_start + _IID_BLOCK, seg_start + seg_len)
+            counts, before = self._iid_block(segment, index, length, block)
+            block_groups = self._iid_block_groups(segment, index, block, counts)[: end - block_start]
+            # Rank of every position among the block's earlier positions of its group: a stable sort by group.
+            order = np.argsort(block_groups, kind="stable")
+            first = np.searchsorted(block_groups[order], np.arange(self.num_groups))
+            rank = np.empty(len(order), dtype=np.int64)
+            rank[order] = np.arange(len(order)) - first[block_groups[order]]
+            seg_counts, _ = self._segment_state(segment)
+            earlier = seg_counts + before
+            for j in range(index):
+                earlier = earlier + self._iid_super_counts(segment, j, _IID_SUPER)
+            g = block_groups[inside:]
+            groups.append(g)
+            draws.append(earlier[g] + rank[inside:])
+            position = end
+        if not groups:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(groups), np.concatenate(draws)

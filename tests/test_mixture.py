@@ -195,3 +195,40 @@ def test_bad_positions_are_named():
         mix.indices(0, 101)
     with pytest.raises(ValueError, match="start <= stop"):
         mix.indices(5, 3)
+
+
+# ---------------------------------------------------------------- order="iid"
+def test_iid_counts_agree_with_groups_across_blocks():
+    sizes = [5000, 700, 90, 13, 2, 0, 1]
+    mix = Mixture(sizes, temperature=3.0, seed=1, order="iid")
+    groups = mix.groups(0, 140_000).numpy()
+    assert (groups != 5).all()
+    for position in [0, 1, 65_535, 65_536, 70_001, 131_072, 140_000]:
+        assert np.array_equal(mix.counts(position).numpy(), np.bincount(groups[:position], minlength=len(sizes)))
+    assert torch.equal(mix.indices(65_000, 66_000), mix.indices(0, 140_000)[65_000:66_000])
+
+
+def test_iid_has_multinomial_variance_and_the_right_frequencies():
+    sizes = np.array([4000, 1000, 300, 60, 10])
+    mix = Mixture(sizes, temperature=4.0, seed=5, order="iid")
+    groups = mix.groups(0, 200_000).numpy()
+    p = temperature_probs(sizes, 4.0).numpy()
+    counts = np.bincount(groups, minlength=5)
+    assert stats.chisquare(counts, p * counts.sum()).pvalue > 1e-3
+    assert stats.chisquare(counts, temperature_probs(sizes, 2.0).numpy() * counts.sum()).pvalue < 1e-6
+    # Counts in windows of 1000 vary as a binomial's (a stratified order would be nearly constant).
+    per_window = (groups.reshape(200, 1000) == 2).sum(1)
+    expected = 1000 * p[2] * (1 - p[2])
+    assert 0.6 * expected < per_window.var() < 1.5 * expected
+    stratified = Mixture(sizes, temperature=4.0, seed=5).groups(0, 200_000).numpy()
+    assert (stratified.reshape(200, 1000) == 2).sum(1).var() < 0.1 * expected
+
+
+def test_iid_seek_far_and_segments():
+    mix = Mixture(np.full(10, 10**10), temperature=Cooldown(5.0, 1.0, 0.5), seed=0, order="iid",
+                  step_size=10**6, total_steps=10**5)
+    position = 6 * 10**10 + 77
+    counts = mix.counts(position)
+    assert int(counts.sum()) == position
+    chunk = mix.groups(position, position + 5000).numpy()
+    assert torch.equal(mix.counts(position + 5000) - counts, torch.from_numpy(np.bincount(chunk, minlength=10)))

@@ -9,7 +9,12 @@ from lightning_balance.mixture import Mixture
 from lightning_balance.sampler import GroupIndex, MixtureSampler, TemperatureSampler
 from lightning_balance.schedules import Constant, Cooldown, LinearRamp, resolve_temperature
 from lightning_balance.tail_recall import TailRecall
-from lightning_balance.temperature import scalarization_variance_factor, scalarization_weights, temperature_probs
+from lightning_balance.temperature import (
+    scalarization_variance_factor,
+    scalarization_weights,
+    temperature_probs,
+    unimax_probs,
+)
 from lightning_balance.weighting import weighted_mean
 
 __version__ = "0.1.0"
@@ -35,5 +40,6 @@ __all__ = [
     "scalarization_weights",
     "spectral_scores",
     "temperature_probs",
+    "unimax_probs",
     "weighted_mean",
 ]

@@ -36,13 +36,13 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 from lightning_balance.mixture import Mixture, Order
 from lightning_balance.sampler import GroupIndex, GroupsLike, MixtureSampler, TemperatureSampler, _check_resume
 from lightning_balance.schedules import constant_runs, is_schedule, resolve_temperature
-from lightning_balance.temperature import _validate_temperature, scalarization_weights
+from lightning_balance.temperature import _validate_temperature, scalarization_weights, unimax_probs
 from lightning_balance.weighting import Normalization, weighted_mean
 
 __all__ = ["BalancedDataModule", "IndexedBatch", "Reordered", "balanced_loss"]
 
-Strategy = Literal["natural", "upsample", "upweight"]
-_STRATEGIES = ("natural", "upsample", "upweight")
+Strategy = Literal["natural", "upsample", "upweight", "unimax"]
+_STRATEGIES = ("natural", "upsample", "upweight", "unimax")
 
 
 class IndexedBatch:
@@ -234,7 +234,8 @@ class BalancedDataModule(LightningDataModule):
     Args:
         strategy: ``"natural"`` samples every example equally often (temperature 1, no weights);
             ``"upsample"`` draws groups with :math:`p_i \propto n_i^{1/T}`; ``"upweight"`` samples naturally
-            and scales each sample's loss by :math:`p_i(T)/p_i(1)`.
+            and scales each sample's loss by :math:`p_i(T)/p_i(1)`; ``"unimax"`` spreads the run's samples uniformly
+            over groups, capping each at ``max_group_epochs`` passes over its data (Chung et al., 2023).
         temperature: ``T`` (a float; ``float("inf")`` is uniform over groups) or a schedule
             ``schedule(progress) -> T`` such as :class:`~lightning_balance.Cooldown`, evaluated at every optimizer
             step with progress = step / the run's optimizer steps. Cooldown as in the paper is
@@ -257,6 +258,7 @@ class BalancedDataModule(LightningDataModule):
             ``shuffle=True``; ``"stratified"``, the default of ``upsample``, keeps every prefix of the stream within
             a few draws of each group's quota; ``"iid"`` draws every sample's group independently, the setting of
             the paper's analysis.
+        max_group_epochs: UniMax's cap, in passes over a group's data (only with ``strategy="unimax"``).
 
     The training data is either ``self.train_dataset`` with a group id per example (see :meth:`train_groups`), or
     ``self.train_sources``, a mapping from group name to one map-style dataset per group (a torch ``Dataset``, a
@@ -295,6 +297,7 @@ class BalancedDataModule(LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         order: Optional[Order] = None,
+        max_group_epochs: float = 1.0,
     ) -> None:
         super().__init__()
         if strategy not in _STRATEGIES:
@@ -350,7 +353,17 @@ class BalancedDataModule(LightningDataModule):
         self.val_batch_size = val_batch_size or batch_size
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
-        self.order: Order = order or ("stratified" if strategy == "upsample" else "epoch")
+        if strategy == "unimax" and order == "epoch":
+            raise ValueError("`order='epoch'` is natural sampling and cannot apply UniMax; use 'stratified' or 'iid'.")
+        if isinstance(max_group_epochs, bool) or not isinstance(max_group_epochs, (int, float, np.integer,
+                                                                                     np.floating)) or not (
+            math.isfinite(float(max_group_epochs)) and max_group_epochs > 0
+        ):
+            raise ValueError(
+                f"Expected argument `max_group_epochs` to be a positive number of passes, but got {max_group_epochs!r}."
+            )
+        self.max_group_epochs = float(max_group_epochs)
+        self.order: Order = order or ("stratified" if strategy in ("upsample", "unimax") else "epoch")
 
         # Whether the groups are the class labels, so that `group_counts` are class counts too (as tail metrics
         # need). The default `train_groups` sets it; an override that returns labels may set it to True.
@@ -601,6 +614,9 @@ class BalancedDataModule(LightningDataModule):
         if self.strategy != "natural" and is_schedule(self.temperature):
             self._total_steps = self._resolve_total_steps(num_samples // global_batch)
             self._temperature_runs = constant_runs(self.temperature, self._total_steps)
+        elif self.strategy == "unimax":
+            # UniMax spreads the run's budget, so it needs the run's length as a schedule does.
+            self._total_steps = self._resolve_total_steps(num_samples // global_batch)
         mixture = self._build_mixture()
         if self._sources_dataset is not None:
             self.sampler = MixtureSampler(mixture, num_samples=num_samples, num_replicas=world, rank=rank)
@@ -634,6 +650,10 @@ class BalancedDataModule(LightningDataModule):
         accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
         step_size = self.batch_size * self._world()[0] * accumulate
         upsample = self.strategy == "upsample"
+        probs = None
+        if self.strategy == "unimax":
+            assert self._total_steps is not None
+            probs = unimax_probs(sizes, budget=self._total_steps * step_size, max_epochs=self.max_group_epochs)
         return Mixture(
             sizes,
             self.temperature if upsample else 1.0,
@@ -641,6 +661,7 @@ class BalancedDataModule(LightningDataModule):
             step_size=step_size,
             total_steps=self._total_steps if upsample else None,
             order=self.order,
+            probs=probs,
         )
 
     def mixture(self) -> Optional[Mixture]:
@@ -802,6 +823,7 @@ class BalancedDataModule(LightningDataModule):
                 self.sampler.mixture = Mixture(
                     mixture.sizes, mixture.temperature, seed=mixture.seed, step_size=first[2],
                     total_steps=mixture.total_steps, order=mixture.order, history=history,
+                    probs=None if mixture.fixed_probs is None else mixture.fixed_probs.tolist(),
                 )
         self.sampler.set_position(_check_resume(state, self.sampler.mixture))
 

@@ -107,6 +107,18 @@ def _validate_sizes(sizes: SizesLike) -> np.ndarray:
     return array
 
 
+def _validate_probs(probs: Sequence[float], sizes: np.ndarray) -> np.ndarray:
+    array = np.asarray(probs, dtype=np.float64)
+    if array.shape != sizes.shape or not np.isfinite(array).all() or (array < 0).any() or array.sum() <= 0:
+        raise ValueError(
+            f"Expected argument `probs` to hold one finite, non-negative probability per group ({len(sizes)}), not all"
+            f" zero, but got {list(probs)!r}."
+        )
+    if ((array > 0) & (sizes == 0)).any():
+        raise ValueError("Expected argument `probs` to give probability 0 to empty groups, but an empty group has > 0.")
+    return array / array.sum()
+
+
 def _non_negative_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"Expected argument `{name}` to be a non-negative integer, but got {value!r}.")
@@ -219,6 +231,8 @@ class Mixture:
             (independent draws, the paper's setting) or ``"epoch"`` (temperature 1 only: a fresh permutation of
             all examples every ``sum(sizes)`` positions, the ``shuffle=True`` of natural sampling).
         num_samples: optional finite length of the stream; positions at or past it are refused.
+        history: stretches of the stream after the first, as ``(position, step, step_size)``; see :meth:`rebased`.
+        probs: fixed group probabilities instead of ``p(T)`` (e.g. :func:`~lightning_balance.unimax_probs`).
 
     Example:
         >>> mix = Mixture([900, 90, 10], temperature=float("inf"), seed=0)
@@ -245,8 +259,10 @@ class Mixture:
         order: Order = "stratified",
         num_samples: Optional[int] = None,
         history: Optional[Sequence[Sequence[int]]] = None,
+        probs: Optional[Sequence[float]] = None,
     ) -> None:
         self.sizes = _validate_sizes(sizes)
+        self.fixed_probs = None if probs is None else _validate_probs(probs, self.sizes)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.total = int(self.offsets[-1])
         self.seed = _non_negative_int(seed, "seed")
@@ -300,7 +316,7 @@ class Mixture:
         """The group probabilities realised at optimizer step ``step`` (``p(T)`` after 2^-32 rounding)."""
         if self.order == "epoch":
             return torch.from_numpy(self.sizes / self.total)
-        probs = temperature_probs(self.sizes, self.temperature_at(step)).numpy()
+        probs = self._probs_of(self.temperature_at(step))
         if self.order == "iid":
             return torch.from_numpy(probs)
         return torch.from_numpy(self._tree.realised(self._tree.shares(probs)))
@@ -343,6 +359,7 @@ class Mixture:
         return Mixture(
             self.sizes, self.temperature, seed=self.seed, step_size=self.step_size, total_steps=self.total_steps,
             order=self.order, num_samples=self.num_samples, history=history,
+            probs=None if self.fixed_probs is None else self.fixed_probs.tolist(),
         )
 
     # ------------------------------------------------------------------ counts
@@ -394,6 +411,7 @@ class Mixture:
             "total_steps": self.total_steps,
             "segments": [[s, t] for s, t in self.segments][:64],
             "history": [list(piece) for piece in self.history],
+            "probs": None if self.fixed_probs is None else [round(float(p), 12) for p in self.fixed_probs][:64],
         }
 
     def __repr__(self) -> str:
@@ -403,6 +421,11 @@ class Mixture:
         )
 
     # ------------------------------------------------------------------ internals
+    def _probs_of(self, temperature: float) -> np.ndarray:
+        if self.fixed_probs is not None:
+            return self.fixed_probs
+        return temperature_probs(self.sizes, temperature).numpy()
+
     def _validate_history(self, history: Optional[Sequence[Sequence[int]]]) -> list[list[int]]:
         pieces: list[list[int]] = []
         last_position, last_step = 0, 0
@@ -463,7 +486,7 @@ class Mixture:
         if cached is not None:
             self._segments.move_to_end(index)
             return cached
-        probs = temperature_probs(self.sizes, self._seg_temps[index]).numpy()
+        probs = self._probs_of(self._seg_temps[index])
         q = self._tree.shares(probs)
         segment = _Segment(probs, q, self._tree.realised(q))
         self._segments[index] = segment

@@ -23,7 +23,7 @@ import torch
 
 CountsLike = Union[Sequence[int], Sequence[float], np.ndarray, torch.Tensor]
 
-__all__ = ["temperature_probs", "scalarization_weights", "scalarization_variance_factor"]
+__all__ = ["temperature_probs", "scalarization_weights", "scalarization_variance_factor", "unimax_probs"]
 
 
 def _validate_temperature(temperature: float, name: str = "temperature") -> float:
@@ -139,3 +139,46 @@ def scalarization_variance_factor(counts: CountsLike, temperature: float) -> flo
     target = temperature_probs(counts, temperature)
     nonempty = natural > 0
     return float((target[nonempty] ** 2 / natural[nonempty]).sum())
+
+
+def unimax_probs(counts: CountsLike, budget: float, max_epochs: float = 1.0) -> torch.Tensor:
+    r"""UniMax group probabilities (Chung et al., ICLR 2023): a budget spread uniformly, capped per group.
+
+    Groups are visited from the smallest: each gets an equal share of the budget still unassigned, but no more than
+    ``max_epochs`` passes over its own data; what a capped group leaves is shared by the larger ones. When every
+    group is capped (the budget exceeds ``max_epochs`` passes over everything), the caps are scaled up together,
+    so each group still gets the same number of epochs.
+
+    Args:
+        counts: size :math:`n_i` of every group.
+        budget: samples the whole run draws.
+        max_epochs: the cap :math:`N`, in passes over a group's data.
+
+    Returns:
+        float64 probabilities summing to 1.
+
+    Example:
+        >>> unimax_probs([900, 90, 10], budget=300, max_epochs=1.0)  # the two small groups capped at one pass
+        tensor([0.6667, 0.3000, 0.0333], dtype=torch.float64)
+        >>> unimax_probs([900, 90, 10], budget=300, max_epochs=100.0)  # no cap binds: uniform
+        tensor([0.3333, 0.3333, 0.3333], dtype=torch.float64)
+    """
+    n = _validate_counts(counts)
+    try:
+        budget_value = float(budget)
+        cap = float(max_epochs)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"Expected `budget` and `max_epochs` to be numbers, but got {budget!r}, {max_epochs!r}.") from err
+    if not math.isfinite(budget_value) or budget_value <= 0:
+        raise ValueError(f"Expected argument `budget` to be a positive number of samples, but got {budget!r}.")
+    if not math.isfinite(cap) or cap <= 0:
+        raise ValueError(f"Expected argument `max_epochs` to be a positive number of passes, but got {max_epochs!r}.")
+    alloc = torch.zeros_like(n)
+    nonempty = torch.nonzero(n > 0).flatten()
+    order = nonempty[torch.argsort(n[nonempty], stable=True)]
+    remaining = budget_value
+    for i, g in enumerate(order.tolist()):
+        share = remaining / (len(order) - i)
+        alloc[g] = min(share, cap * float(n[g]))
+        remaining -= float(alloc[g])
+    return alloc / alloc.sum()

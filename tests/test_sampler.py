@@ -1,15 +1,22 @@
+import math
+
 import numpy as np
 import pytest
 import torch
 from scipy.stats import chisquare
 
-from lightning_balance import Cooldown, GroupIndex, TemperatureSampler, temperature_probs
+from lightning_balance import Cooldown, GroupIndex, LinearRamp, TemperatureSampler, temperature_probs
 
 
 def _groups(sizes, seed=0):
     """Group ids with the given sizes, shuffled so that groups are not contiguous in the dataset."""
     ids = np.repeat(np.arange(len(sizes)), sizes)
     return np.random.default_rng(seed).permutation(ids)
+
+
+def _stream(sampler, start, stop):
+    """Global dataset indices at positions ``[start, stop)`` of a sampler's stream, the same on every rank."""
+    return sampler._indices(start, stop).tolist()
 
 
 SIZES = [5000, 500, 50, 5]
@@ -35,8 +42,9 @@ def test_world_size_invariance(num_samples, replicas):
     assert len(ranks[0]) == per_rank
     interleaved = [ranks[r][i] for i in range(per_rank) for r in range(replicas)]
     assert interleaved[:num_samples] == single
-    # Padding repeats the epoch's first samples, as DistributedSampler does.
-    assert interleaved[num_samples:] == single[: len(interleaved) - num_samples]
+    # Padding continues the stream: rank r takes global[r::R] of ceil(num_samples / R) * R positions.
+    longer = TemperatureSampler(groups, 5.0, num_samples=per_rank * replicas, seed=3)
+    assert interleaved == list(longer) == _stream(longer, 0, per_rank * replicas)
 
 
 def test_drop_last_trims_instead_of_padding():
@@ -45,7 +53,7 @@ def test_drop_last_trims_instead_of_padding():
     ranks = [list(TemperatureSampler(groups, 2.0, num_samples=1001, seed=1, num_replicas=2, rank=r, drop_last=True))
              for r in range(2)]
     assert [len(r) for r in ranks] == [500, 500]
-    assert sorted(ranks[0] + ranks[1]) == sorted(single[:1000])
+    assert [ranks[r][i] for i in range(500) for r in range(2)] == single[:1000]
 
 
 def test_deterministic_per_seed_and_epoch():
@@ -74,13 +82,31 @@ def test_group_frequencies_follow_temperature_probs(t):
     assert chisquare(drawn, wrong).pvalue < 1e-6
 
 
-def test_group_draws_are_iid_across_epochs():
-    # Per-epoch group counts should scatter like a multinomial: their variance matches n p (1 - p).
-    groups = _groups(SIZES)
-    sampler = TemperatureSampler(groups, 5.0, num_samples=2000, seed=0)
+@pytest.mark.parametrize("sizes", [SIZES, [7, 3, 1000, 2, 2, 9, 40], [10**6, 1], [3]])
+@pytest.mark.parametrize("t", [1.0, 2.0, 5.0, float("inf")])
+def test_every_prefix_is_within_a_few_draws_of_its_quota(sizes, t):
+    # The stratified order keeps each group's count in every prefix of the stream within the tree depth of
+    # k * p_g: far tighter than i.i.d. draws, whose deviation grows like sqrt(k).
+    groups = _groups(sizes)
+    k = len(sizes)
+    bound = math.ceil(math.log2(k)) + 1
+    for seed in (0, 1):
+        sampler = TemperatureSampler(groups, t, seed=seed)
+        probs = sampler.probs(0).numpy()
+        np.testing.assert_allclose(probs, temperature_probs(sizes, t).numpy(), atol=1e-8)
+        drawn = groups[np.asarray(_stream(sampler, 0, 20_000))]
+        cumulative = np.cumsum(np.eye(k, dtype=np.int64)[drawn], axis=0)
+        quota = np.arange(1, len(drawn) + 1)[:, None] * probs
+        assert np.abs(cumulative - quota).max() <= bound, (seed, np.abs(cumulative - quota).max())
+
+
+def test_iid_draws_would_fail_the_prefix_property():
+    # Sanity check of the bound used above: multinomial draws stray by about sqrt(k p (1 - p)).
+    rng = np.random.default_rng(0)
     p = temperature_probs(SIZES, 5.0).numpy()
-    counts = np.stack([np.bincount(groups[sampler.epoch_plan(e).numpy()], minlength=4) for e in range(300)])
-    np.testing.assert_allclose(counts.var(axis=0), 2000 * p * (1 - p), rtol=0.25)
+    drawn = rng.choice(len(p), size=20_000, p=p)
+    cumulative = np.cumsum(np.eye(len(p), dtype=np.int64)[drawn], axis=0)
+    assert np.abs(cumulative - np.arange(1, 20_001)[:, None] * p).max() > math.ceil(math.log2(len(p))) + 1
 
 
 def test_groups_walk_through_permutations_within_and_across_epochs():
@@ -116,24 +142,37 @@ def test_beyond_2_to_the_24_examples():
     plan = sampler.epoch_plan(0)
     assert plan.max().item() >= 2**24
     tail = plan[plan >= n - 3]
-    assert 1800 < len(tail) < 2200  # half of the draws go to the tail at T = inf
+    assert 1997 <= len(tail) <= 2003  # half of the draws go to the tail at T = inf, within a draw or two
     assert sorted(set(tail.tolist())) == [n - 3, n - 2, n - 1]
 
 
-def test_schedule_switches_inside_the_epoch_at_a_step_boundary():
+@pytest.mark.parametrize("step", [1, 3, 100])
+def test_cooldown_switches_on_its_exact_optimizer_step(step):
     groups = _groups(SIZES)
-    m, step = 100_000, 100
-    sampler = TemperatureSampler(
-        groups, Cooldown(start=float("inf"), end=1.0, at=0.5), num_samples=m, total_samples=m, step_size=step, seed=2
-    )
+    total_steps = 200_000 // step
+    m = total_steps * step
+    sampler = TemperatureSampler(groups, Cooldown(float("inf"), 1.0, 0.5), num_samples=m, step_size=step,
+                                 total_steps=total_steps, seed=4)
+    switch = total_steps // 2
+    assert sampler.mixture.segments == [(0, float("inf")), (switch, 1.0)]
+    assert sampler.mixture.temperature_at(switch - 1) == float("inf")
+    assert sampler.mixture.temperature_at(switch) == 1.0
+    assert sampler.mixture.step_of(switch * step - 1) == switch - 1 and sampler.mixture.step_of(switch * step) == switch
     plan_groups = groups[sampler.epoch_plan(0).numpy()]
-    first, second = plan_groups[: m // 2], plan_groups[m // 2 :]
+    first, second = plan_groups[: switch * step], plan_groups[switch * step:]
     for part, t in ((first, float("inf")), (second, 1.0)):
         drawn = np.bincount(part, minlength=4)
         assert chisquare(drawn, temperature_probs(SIZES, t).numpy() * len(part)).pvalue > 1e-3
-    # The last step before the switch is uniform over groups, the first after is natural: no mixed step.
-    assert (plan_groups[m // 2 - step : m // 2] == 3).sum() > 10
-    assert (plan_groups[m // 2 : m // 2 + step] == 3).sum() <= 2
+    # The last 1000 samples before the switch are uniform over groups, the first 1000 after it natural.
+    tail = plan_groups == 3
+    assert tail[switch * step - 1000 : switch * step].sum() >= 245
+    assert tail[switch * step : switch * step + 1000].sum() <= 3
+
+
+def test_switch_in_the_last_steps_of_a_run():
+    m = 200_000
+    sampler = TemperatureSampler([0, 1], Cooldown(float("inf"), 1.0, 199_950 / m), num_samples=m, total_steps=m)
+    assert sampler.mixture.segments == [(0, float("inf")), (199_950, 1.0)]
 
 
 def test_schedule_progress_runs_across_epochs():
@@ -148,13 +187,58 @@ def test_schedule_progress_runs_across_epochs():
     assert tail_share[2] < 0.01 and tail_share[3] < 0.01
 
 
-def test_schedule_needs_total_samples():
-    sampler = TemperatureSampler(_groups(SIZES), Cooldown(), num_samples=100)
-    with pytest.raises(ValueError, match="pass `total_samples=`"):
-        list(sampler)
+def test_schedule_needs_total_steps():
+    with pytest.raises(ValueError, match="pass `total_steps=`"):
+        TemperatureSampler(_groups(SIZES), Cooldown(), num_samples=100)
 
 
-@pytest.mark.parametrize("replicas_after", [2, 4, 1])
+class _Steps:
+    """A piecewise-constant schedule with the given switch points (fractions of training)."""
+
+    def __init__(self, switches, values):
+        self.switches, self.values = switches, values
+
+    def __call__(self, progress):
+        return self.values[sum(progress >= s for s in self.switches)]
+
+
+def _per_step_runs(schedule, total_steps):
+    """The schedule called at every step, merged into (first step, temperature) runs: the reference."""
+    runs = []
+    for step in range(total_steps + 1):
+        t = schedule(min(step / total_steps, 1.0))
+        if not runs or runs[-1][1] != t:
+            runs.append((step, t))
+    return runs
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_segments_match_per_step_evaluation(seed):
+    rng = np.random.default_rng(seed)
+    total_steps = int(rng.integers(2000, 6000))
+    step_size = int(rng.integers(1, 4))
+    # Up to two switches close together, down to a single step apart.
+    first = rng.uniform(0.0, 1.0)
+    switches = sorted({first, min(first + rng.uniform(0, 0.003), 0.9999)})
+    schedule = _Steps(switches, [5.0, 2.0, 1.0][: len(switches) + 1])
+    sampler = TemperatureSampler(np.arange(40) % 4, schedule, num_samples=total_steps * step_size // 2,
+                                 step_size=step_size, total_steps=total_steps)
+    runs = _per_step_runs(schedule, total_steps)
+    assert sampler.mixture.segments == runs
+    for (start, t), nxt in zip(runs, runs[1:] + [(total_steps + 1, None)]):
+        assert sampler.mixture.temperature_at(start) == t == sampler.mixture.temperature_at(nxt[0] - 1)
+
+
+def test_smooth_schedule_is_evaluated_at_every_step():
+    total_steps = 3000
+    schedule = LinearRamp(10.0, 1.0)
+    sampler = TemperatureSampler(np.arange(40) % 4, schedule, step_size=2, total_steps=total_steps)
+    assert sampler.mixture.segments == _per_step_runs(schedule, total_steps)
+    temperatures = [t for _, t in sampler.mixture.segments]
+    assert temperatures == sorted(temperatures, reverse=True) and temperatures[0] == 10.0 and temperatures[-1] == 1.0
+
+
+@pytest.mark.parametrize("replicas_after", [2, 4, 1, 3])
 def test_resume_mid_epoch_continues_the_stream(replicas_after):
     groups = _groups(SIZES)
     kwargs = dict(num_samples=1000, seed=9)
@@ -166,7 +250,7 @@ def test_resume_mid_epoch_continues_the_stream(replicas_after):
     taken = [next(iterator) for _ in range(123)]
     assert taken == full[0][:123]
     state = first.state_dict()
-    assert state["consumed"] == 246 and state["epoch"] == 0
+    assert state["position"] == 246 and state["mixture"] == first.mixture.config()
 
     resumed = [TemperatureSampler(groups, 5.0, num_replicas=replicas_after, rank=r, **kwargs)
                for r in range(replicas_after)]
@@ -174,17 +258,40 @@ def test_resume_mid_epoch_continues_the_stream(replicas_after):
     for sampler in resumed:
         sampler.load_state_dict(state)
         rest.append(list(sampler))
+    assert len({len(r) for r in rest}) == 1
     merged = [rest[r][i] for i in range(len(rest[0])) for r in range(replicas_after)]
     assert merged[: 1000 - 246] == global_seq[246:]
-    # The resume applies once: the next pass over the same epoch is whole again.
+    # One iteration's worth from the saved position, on into the next epoch's positions.
+    assert merged == _stream(first, 246, 246 + len(merged))
+    # The resume applies once: the next pass is whole again.
     assert len(list(resumed[0])) == len(resumed[0])
 
 
 def test_resume_refuses_a_different_stream():
     groups = _groups(SIZES)
     state = TemperatureSampler(groups, 5.0, seed=1).state_dict()
-    with pytest.raises(ValueError, match="seed=1 but this sampler has seed=2"):
+    with pytest.raises(ValueError, match="seed=1 but this mixture has seed=2"):
         TemperatureSampler(groups, 5.0, seed=2).load_state_dict(state)
+
+
+def test_resume_refuses_other_group_sizes():
+    state = TemperatureSampler(_groups(SIZES), 5.0).state_dict()
+    with pytest.raises(ValueError, match="Cannot resume the sampler"):
+        TemperatureSampler(_groups([5000, 500, 51, 4]), 5.0).load_state_dict(state)
+
+
+def test_resume_from_a_0_1_sampler_state_warns_and_keeps_the_position():
+    groups = _groups(SIZES)
+    state = {"epoch": 2, "consumed": 30, "num_samples": 100, "seed": 0, "num_examples": len(groups)}
+    sampler = TemperatureSampler(groups, 5.0, num_samples=100)
+    with pytest.warns(UserWarning, match="lightning-balance 0.1.*position in the stream \\(230 samples\\) is kept"):
+        sampler.load_state_dict(state)
+    assert list(sampler) == _stream(sampler, 230, 330)
+
+
+def test_resume_without_a_mixture_description_is_refused():
+    with pytest.raises(ValueError, match="holds no `mixture` description"):
+        TemperatureSampler(_groups(SIZES)).load_state_dict({"position": 3})
 
 
 def test_len_is_per_rank():
@@ -192,6 +299,9 @@ def test_len_is_per_rank():
     assert len(TemperatureSampler(groups, num_samples=10, num_replicas=3, rank=0)) == 4
     assert len(TemperatureSampler(groups, num_samples=10, num_replicas=3, rank=0, drop_last=True)) == 3
     assert len(TemperatureSampler(groups)) == sum(SIZES)
+    for drop_last, yielded in ((False, 4), (True, 3)):
+        assert len(list(TemperatureSampler(groups, num_samples=10, num_replicas=3, rank=2,
+                                           drop_last=drop_last))) == yielded
 
 
 def test_accepts_list_ndarray_and_tensor():
@@ -205,6 +315,7 @@ def test_accepts_list_ndarray_and_tensor():
     ([0.0, 1.0, 1.5], TypeError, "integer group ids"),
     (np.array([True, False]), TypeError, "integer group ids"),
     ([[0, 1], [1, 0]], ValueError, "1-D"),
+    ([[0, 1], [1]], ValueError, "ragged"),
     ([], ValueError, "empty"),
     ([0, -1, 2], ValueError, "group ids >= 0"),
 ])
@@ -221,41 +332,18 @@ def test_invalid_groups(groups, error, match):
     ({"temperature": 0.0}, "`temperature` to be > 0"),
     ({"temperature": float("nan")}, "`temperature` to be > 0"),
     ({"step_size": 0}, "`step_size`"),
+    ({"total_steps": 0, "temperature": Cooldown()}, "`total_steps`"),
+    ({"order": "random"}, "`order` to be one of"),
+    ({"order": "epoch", "temperature": 5.0}, "needs temperature 1"),
 ])
 def test_invalid_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TemperatureSampler([0, 1, 1], **kwargs)
 
 
-def test_schedule_with_invalid_output_fails_when_planned():
-    sampler = TemperatureSampler([0, 1, 1], lambda p: -1.0, total_samples=3)
+def test_schedule_with_invalid_output_fails_at_construction():
     with pytest.raises(ValueError, match="schedule .* returned -1.0"):
-        list(sampler)
-
-
-def test_step_schedule_switches_on_its_exact_step_in_long_epochs():
-    # 200,000 one-sample steps: far more than the schedule is read per epoch, yet the switch is exact.
-    groups = _groups(SIZES)
-    m = 200_000
-    sampler = TemperatureSampler(groups, Cooldown(float("inf"), 1.0, 0.5), num_samples=m, total_samples=m, seed=4)
-    assert sampler._segments(0) == [(m // 2, float("inf")), (m // 2, 1.0)]
-    tail = groups[sampler.epoch_plan(0).numpy()] == 3
-    assert tail[m // 2 - 1000 : m // 2].sum() > 180
-    assert tail[m // 2 : m // 2 + 1000].sum() < 10
-
-
-def test_smooth_schedule_is_planned_in_bounded_segments():
-    from lightning_balance import LinearRamp
-
-    groups = _groups(SIZES)
-    m = 300_000
-    sampler = TemperatureSampler(groups, LinearRamp(10.0, 1.0), num_samples=m, total_samples=m, seed=4)
-    segments = sampler._segments(0)
-    assert sum(length for length, _ in segments) == m
-    assert len(segments) <= 3 * 1024 + 1  # at most three per block, as documented
-    temperatures = [t for _, t in segments]
-    assert temperatures == sorted(temperatures, reverse=True) and temperatures[0] == 10.0
-    assert temperatures[-1] == pytest.approx(1.0, abs=2 * 9 / 1024)  # held for at most two blocks
+        TemperatureSampler([0, 1, 1], lambda p: -1.0, total_samples=3)
 
 
 @pytest.mark.parametrize("position", [0, 250, 999, 1000, 2345])
@@ -276,75 +364,41 @@ def test_set_position_reads_the_stream_of_plans_back_to_back(position, replicas)
     assert interleaved == stream[position : position + per_rank * replicas]
 
 
-def test_state_dict_of_a_streaming_iterator_that_crossed_an_epoch():
+def test_seeking_far_into_the_stream_is_free():
+    groups = _groups(SIZES)
+    sampler = TemperatureSampler(groups, 5.0, num_samples=8, seed=6)
+    sampler.set_position(10**12)
+    assert list(sampler) == _stream(sampler, 10**12, 10**12 + 8)
+
+
+def test_state_dict_of_an_iterator_that_crossed_an_epoch():
     groups = _groups(SIZES)
     sampler = TemperatureSampler(groups, 5.0, num_samples=1000, seed=6)
     sampler.set_position(900)
     iterator = iter(sampler)
     for _ in range(150):
         next(iterator)
-    assert {k: sampler.state_dict()[k] for k in ("epoch", "consumed")} == {"epoch": 1, "consumed": 50}
+    assert sampler.state_dict()["position"] == 1050
+    resumed = TemperatureSampler(groups, 5.0, num_samples=1000, seed=6)
+    resumed.load_state_dict(sampler.state_dict())
+    assert list(resumed) == _stream(sampler, 1050, 2050)
 
 
-def test_set_position_validates():
-    with pytest.raises(ValueError, match="`position` to be a non-negative integer"):
-        TemperatureSampler([0, 1]).set_position(-1)
-
-
-def _brute_segments(schedule, num_samples, total_steps, step_size, epoch):
-    """Per-step evaluation merged into runs: the reference for `_segments`."""
-    segments = []
-    for position in range(epoch * num_samples, (epoch + 1) * num_samples):
-        t = schedule((position // step_size) / total_steps)
-        if segments and segments[-1][1] == t:
-            segments[-1][0] += 1
-        else:
-            segments.append([1, t])
-    return [tuple(s) for s in segments]
-
-
-class _Steps:
-    """A piecewise-constant schedule with the given switch points (fractions of training)."""
-
-    def __init__(self, switches, values):
-        self.switches, self.values = switches, values
-
-    def __call__(self, progress):
-        return self.values[sum(progress >= s for s in self.switches)]
-
-
-@pytest.mark.parametrize("seed", range(40))
-def test_segments_match_per_step_evaluation(seed):
-    rng = np.random.default_rng(seed)
-    total_steps = int(rng.integers(2000, 6000))
-    step_size = int(rng.integers(1, 3))
-    num_samples = total_steps * step_size // 2  # two epochs
-    # At most two switches close together, often inside one block of about total_steps / 2 / 1024 steps.
-    first = rng.uniform(0.0, 1.0)
-    switches = sorted({first, min(first + rng.uniform(0, 0.003), 0.9999)})
-    schedule = _Steps(switches, [5.0, 2.0, 1.0][: len(switches) + 1])
-    sampler = TemperatureSampler(np.arange(4) % 2, schedule, num_samples=num_samples,
-                                 total_samples=total_steps * step_size, step_size=step_size)
-    for epoch in (0, 1):
-        assert sampler._segments(epoch) == _brute_segments(schedule, num_samples, total_steps, step_size, epoch)
-
-
-def test_switch_in_the_last_block_of_an_epoch():
-    m = 200_000
-    sampler = TemperatureSampler([0, 1], Cooldown(float("inf"), 1.0, 199_950 / m), num_samples=m, total_samples=m)
-    assert sampler._segments(0) == [(199_950, float("inf")), (50, 1.0)]
-
-
-def test_state_dict_after_set_epoch_starts_the_new_epoch_at_zero():
+def test_state_dict_after_set_epoch_starts_the_new_epoch():
     groups = _groups(SIZES)
     sampler = TemperatureSampler(groups, 5.0, num_samples=100)
     list(sampler)
     sampler.set_epoch(1)
     state = sampler.state_dict()
-    assert (state["epoch"], state["consumed"]) == (1, 0)
+    assert state["position"] == 100
     resumed = TemperatureSampler(groups, 5.0, num_samples=100)
     resumed.load_state_dict(state)
     assert list(resumed) == list(sampler)
+
+
+def test_set_position_validates():
+    with pytest.raises(ValueError, match="`position` to be a non-negative integer"):
+        TemperatureSampler([0, 1]).set_position(-1)
 
 
 def test_sparse_group_ids_are_rejected_before_allocating():

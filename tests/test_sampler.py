@@ -225,7 +225,7 @@ def test_segments_match_per_step_evaluation(seed):
                                  step_size=step_size, total_steps=total_steps)
     runs = _per_step_runs(schedule, total_steps)
     assert sampler.mixture.segments == runs
-    for (start, t), nxt in zip(runs, runs[1:] + [(total_steps + 1, None)]):
+    for (start, t), nxt in zip(runs, runs[1:] + [(total_steps + 1, None)], strict=True):
         assert sampler.mixture.temperature_at(start) == t == sampler.mixture.temperature_at(nxt[0] - 1)
 
 

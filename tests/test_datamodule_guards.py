@@ -233,8 +233,10 @@ class WrongShapeLoss(ToyModel):
 
 
 @pytest.mark.parametrize("shape", ["scalar", "per-token"])
-def test_upweighting_refuses_a_loss_that_is_not_per_sample(shape):
-    dm = ToyData(strategy="upweight", temperature=5.0, batch_size=8)
+@pytest.mark.parametrize("strategy", ["upweight", "upsample", "natural"])
+def test_a_loss_that_is_not_per_sample_is_refused_under_every_strategy(strategy, shape):
+    # Under every strategy, so that a module written against upsampling does not break when switched to upweighting.
+    dm = ToyData(strategy=strategy, temperature=5.0 if strategy != "natural" else 1.0, batch_size=8)
     with pytest.raises(RuntimeError, match="reduction='none'"):
         trainer(max_steps=2).fit(WrongShapeLoss(shape), dm)
 

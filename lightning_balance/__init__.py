@@ -1,5 +1,6 @@
 """Balanced training on heavily imbalanced, long-tailed data with PyTorch Lightning."""
 
+from lightning_balance.callbacks.adaptive_mixing import AdaptiveMixing
 from lightning_balance.callbacks.saln import SALN
 from lightning_balance.callbacks.tail_recall_monitor import TailRecallMonitor
 from lightning_balance.datamodule import BalancedDataModule, IndexedBatch, Reordered, balanced_loss
@@ -17,10 +18,11 @@ from lightning_balance.temperature import (
 )
 from lightning_balance.weighting import weighted_mean
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "SALN",
+    "AdaptiveMixing",
     "BalancedDataModule",
     "Constant",
     "Cooldown",

@@ -388,7 +388,13 @@ class BalancedDataModule(LightningDataModule):
         self._resume_trainer: Optional[weakref.ref] = None
         self._pending_sampler_state: Optional[dict[str, Any]] = None
         self._batch_groups: Optional[torch.Tensor] = None
+        self._eval_groups: Optional[torch.Tensor] = None
         self._weights_cache: dict[tuple[float, str], torch.Tensor] = {}
+        # Per-group loss sums and counts for training-time policies (see `AdaptiveMixing`); off unless asked for.
+        self._track_losses = False
+        self._loss_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Loss weights a policy multiplies into every strategy's reduction (None: none).
+        self.policy_loss_weights: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------------ groups
     def train_groups(self) -> GroupsLike:
@@ -553,20 +559,29 @@ class BalancedDataModule(LightningDataModule):
             )
         if groups is not None:
             groups = self._validate_groups(groups, per_sample_loss)
-        if self.strategy != "upweight":
+        training = self._batch_groups is not None and self._is_training()
+        if self._track_losses:
+            seen = groups if groups is not None else (self._batch_groups if training else self._eval_groups)
+            if seen is not None and len(seen) == len(per_sample_loss):
+                self._record_losses("train" if training else "val", per_sample_loss, seen)
+        if not training and groups is None:
+            # Outside a training step (validation, a manual call) there are no weights to apply.
+            return per_sample_loss.mean()
+        if self.strategy != "upweight" and self.policy_loss_weights is None:
             return per_sample_loss.mean()
         if groups is None:
-            if self._batch_groups is None:
-                # Outside a training step (validation, a manual call) there are no weights to apply.
-                return per_sample_loss.mean()
             groups = self._batch_groups
+            assert groups is not None
         if len(groups) != len(per_sample_loss):
             raise RuntimeError(
                 f"The training batch has {len(groups)} samples but the loss has {len(per_sample_loss)} values."
                 " Return one loss per sample of the batch, in the batch's order."
             )
         device = per_sample_loss.device
-        weights = self.loss_weights(device)[groups.to(device, non_blocking=True)]
+        table = self.loss_weights(device)
+        if self.policy_loss_weights is not None:
+            table = table * self.policy_loss_weights.to(device=device, dtype=table.dtype)
+        weights = table[groups.to(device, non_blocking=True)]
         if self.normalize == "weights":
             world = self._world()[0]
             # Divide by the weight sum of the global batch: DDP averages the ranks' gradients, so each rank's loss
@@ -576,6 +591,47 @@ class BalancedDataModule(LightningDataModule):
             scale = world / total.clamp_min(torch.finfo(per_sample_loss.dtype).tiny)
             return (per_sample_loss * weights.to(per_sample_loss.dtype)).sum() * scale
         return weighted_mean(per_sample_loss, weights, self.normalize)
+
+    def _is_training(self) -> bool:
+        trainer = self._trainer_or_none()
+        return trainer is None or bool(trainer.training)
+
+    def _record_losses(self, split: str, per_sample_loss: torch.Tensor, groups: torch.Tensor) -> None:
+        # Sums and counts stay on the device (no sync per step); a policy reduces them across ranks when it reads them.
+        device = per_sample_loss.device
+        sums, counts = self._loss_sums.get(split, (None, None))
+        if sums is None or sums.device != device:
+            sums = torch.zeros(self.num_groups, dtype=torch.float64, device=device)
+            counts = torch.zeros(self.num_groups, dtype=torch.float64, device=device)
+        index = groups.to(device, non_blocking=True).long()
+        sums = sums.index_add(0, index, per_sample_loss.detach().to(torch.float64))
+        counts = counts.index_add(0, index, torch.ones_like(index, dtype=torch.float64))  # type: ignore[union-attr]
+        self._loss_sums[split] = (sums, counts)
+
+    def track_group_losses(self, enabled: bool = True) -> None:
+        """Keep per-group sums of the losses :func:`balanced_loss` reduces (training, and validation when the
+        groups are known: the labels, or ``groups=`` passed to :func:`balanced_loss`)."""
+        self._track_losses = bool(enabled)
+
+    def pop_group_losses(self, split: str) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """The per-group loss sums and counts of ``split`` (``"train"`` or ``"val"``) since the last call."""
+        return self._loss_sums.pop(split, None)
+
+    def apply_mixture_probs(self, position: int, probs: torch.Tensor) -> None:
+        """Sample with group probabilities ``probs`` from global sample ``position`` on.
+
+        The samples before ``position`` are unchanged, so ``position`` must lie ahead of everything the sampler
+        has handed out (the DataLoader's prefetched batches included).
+        """
+        sampler = self.sampler
+        if sampler is None:
+            raise RuntimeError("The training DataLoader has not been built yet: there is no stream to change.")
+        if sampler.position > position:
+            raise RuntimeError(
+                f"Cannot change the mixture at sample {position}: the sampler has already handed out samples up to"
+                f" {sampler.position}. Change it further ahead (more than the DataLoader prefetches)."
+            )
+        sampler.mixture = sampler.mixture.with_probs(position, probs.detach().cpu().double().tolist())
 
     def _validate_groups(self, groups: torch.Tensor, per_sample_loss: torch.Tensor) -> torch.Tensor:
         groups = torch.as_tensor(groups)
@@ -734,8 +790,10 @@ class BalancedDataModule(LightningDataModule):
                 groups = self.train_group_ids[indices.cpu()]
             self._batch_groups = _groups_of_kept(kept.cpu(), indices.cpu(), groups.cpu())
         else:
-            # Evaluation batches carry no indices: no group weights apply to them.
+            # Evaluation batches carry no indices: no group weights apply to them. Their labels are their groups
+            # when the groups are the labels, which is what per-group validation signals need.
             self._batch_groups = None
+            self._eval_groups = _labels_of(batch) if self.label_groups else None
         # Lightning calls only the DataModule's hook when both define it; keep the module's hook working.
         module = trainer.lightning_module if trainer is not None else None
         if module is not None and is_overridden("on_after_batch_transfer", module, LightningModule):
@@ -784,6 +842,8 @@ class BalancedDataModule(LightningDataModule):
         state["strategy"] = self.strategy
         state["temperature"] = repr(self.temperature)
         state["groups_digest"] = self._groups_digest
+        if self.policy_loss_weights is not None:
+            state["policy_loss_weights"] = self.policy_loss_weights.detach().cpu().double().tolist()
         return {"sampler": state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -804,6 +864,8 @@ class BalancedDataModule(LightningDataModule):
                 "Resuming a run whose configuration changed: " + "; ".join(changes) + ". The position in the sample"
                 " stream is kept, but what follows differs from the original run."
             )
+        weights = sampler_state.get("policy_loss_weights")
+        self.policy_loss_weights = torch.tensor(weights, dtype=torch.float64) if weights is not None else None
         self._resume_base = (int(sampler_state.get("position", 0)), int(sampler_state.get("processed", 0)))
         self._resume_trainer = weakref.ref(self.trainer) if self._trainer_or_none() is not None else None
         if self.sampler is not None:
@@ -817,13 +879,15 @@ class BalancedDataModule(LightningDataModule):
         if saved is not None:
             # Keep the stretches of the saved stream, so that positions before the resume mean what they meant.
             history = [list(p) for p in saved.get("history", [])]
-            if history or saved.get("step_size") != self.sampler.mixture.step_size:
+            adaptations = [(int(p), list(v)) for p, v in saved.get("adaptations", [])]
+            if history or adaptations or saved.get("step_size") != self.sampler.mixture.step_size:
                 first = [0, 0, int(saved.get("step_size", self.sampler.mixture.step_size))]
                 mixture = self.sampler.mixture
                 self.sampler.mixture = Mixture(
                     mixture.sizes, mixture.temperature, seed=mixture.seed, step_size=first[2],
                     total_steps=mixture.total_steps, order=mixture.order, history=history,
                     probs=None if mixture.fixed_probs is None else mixture.fixed_probs.tolist(),
+                    adaptations=adaptations,
                 )
         self.sampler.set_position(_check_resume(state, self.sampler.mixture))
 

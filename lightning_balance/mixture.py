@@ -233,6 +233,7 @@ class Mixture:
         num_samples: optional finite length of the stream; positions at or past it are refused.
         history: stretches of the stream after the first, as ``(position, step, step_size)``; see :meth:`rebased`.
         probs: fixed group probabilities instead of ``p(T)`` (e.g. :func:`~lightning_balance.unimax_probs`).
+        adaptations: ``(position, probs)`` changes of the mixture during training; see :meth:`with_probs`.
 
     Example:
         >>> mix = Mixture([900, 90, 10], temperature=float("inf"), seed=0)
@@ -260,6 +261,7 @@ class Mixture:
         num_samples: Optional[int] = None,
         history: Optional[Sequence[Sequence[int]]] = None,
         probs: Optional[Sequence[float]] = None,
+        adaptations: Optional[Sequence[tuple[int, Sequence[float]]]] = None,
     ) -> None:
         self.sizes = _validate_sizes(sizes)
         self.fixed_probs = None if probs is None else _validate_probs(probs, self.sizes)
@@ -293,6 +295,16 @@ class Mixture:
                 f" 1, but got temperature={temperature!r}. Use order='stratified' for other temperatures."
             )
         self.history = self._validate_history(history)
+        if adaptations and order == "epoch":
+            raise ValueError("`order='epoch'` is natural sampling; adaptive probabilities need 'stratified' or 'iid'.")
+        self.adaptations: list[tuple[int, tuple[float, ...]]] = []
+        for entry in adaptations or []:
+            position, values = entry
+            position = _non_negative_int(position, "adaptations position")
+            if self.adaptations and position <= self.adaptations[-1][0]:
+                raise ValueError(f"Expected `adaptations` in increasing positions, but {position} follows"
+                                 f" {self.adaptations[-1][0]}.")
+            self.adaptations.append((position, tuple(float(v) for v in _validate_probs(values, self.sizes))))
         self._seg_starts, self._seg_temps = self._position_segments()
         self._tree = _Tree(len(self.sizes))
         self._segments: OrderedDict[int, _Segment] = OrderedDict()
@@ -334,6 +346,41 @@ class Mixture:
         start, step, size = self._pieces()[piece]
         return step + (position - start) // size
 
+    def probs_at_position(self, position: int) -> torch.Tensor:
+        """The group probabilities in force at global sample ``position`` (realised, as :meth:`probs_at`)."""
+        position = self._check_position(position, "position")
+        if self.order == "epoch":
+            return torch.from_numpy(self.sizes / self.total)
+        segment = int(np.searchsorted(self._seg_starts, position, side="right")) - 1
+        found = self._segment(segment)
+        return torch.from_numpy((found.probs if self.order == "iid" else found.realised).copy())
+
+    def with_probs(self, position: int, probs: Sequence[float]) -> Mixture:
+        """The same stream before ``position``; from there on, group probabilities ``probs``.
+
+        Every draw before ``position`` is unchanged, and each group's walk through its passes continues, so the
+        change loses and repeats no example.
+
+        Example:
+            >>> mix = Mixture([90, 10], temperature=1.0, seed=0)
+            >>> changed = mix.with_probs(100, [0.5, 0.5])
+            >>> bool((changed.indices(0, 100) == mix.indices(0, 100)).all())
+            True
+            >>> changed.counts(300).tolist()  # 90 + 10 natural draws, then 100 + 100
+            [190, 110]
+        """
+        position = self._check_position(position, "position")
+        kept = [(p, list(v)) for p, v in self.adaptations if p < position]
+        return self._rebuild(history=self.history, adaptations=kept + [(position, list(probs))])
+
+    def _rebuild(self, *, history: Sequence[Sequence[int]], adaptations: Sequence[Any]) -> Mixture:
+        return Mixture(
+            self.sizes, self.temperature, seed=self.seed, step_size=self.step_size, total_steps=self.total_steps,
+            order=self.order, num_samples=self.num_samples, history=history,
+            probs=None if self.fixed_probs is None else self.fixed_probs.tolist(),
+            adaptations=adaptations,
+        )
+
     def rebased(self, position: int, step: int, step_size: int) -> Mixture:
         """The same stream before ``position``; from there on, ``step_size`` samples per step from step ``step``.
 
@@ -356,11 +403,7 @@ class Mixture:
         if self.step_of(position) == step and self._pieces()[-1][2] == step_size:
             return self
         history = [list(piece) for piece in self.history if piece[0] < position] + [[position, step, step_size]]
-        return Mixture(
-            self.sizes, self.temperature, seed=self.seed, step_size=self.step_size, total_steps=self.total_steps,
-            order=self.order, num_samples=self.num_samples, history=history,
-            probs=None if self.fixed_probs is None else self.fixed_probs.tolist(),
-        )
+        return self._rebuild(history=history, adaptations=[(p, list(v)) for p, v in self.adaptations])
 
     # ------------------------------------------------------------------ counts
     def counts(self, position: int) -> torch.Tensor:
@@ -412,6 +455,7 @@ class Mixture:
             "segments": [[s, t] for s, t in self.segments][:64],
             "history": [list(piece) for piece in self.history],
             "probs": None if self.fixed_probs is None else [round(float(p), 12) for p in self.fixed_probs][:64],
+            "adaptations": [[p, list(v)] for p, v in self.adaptations],
         }
 
     def __repr__(self) -> str:
@@ -421,7 +465,9 @@ class Mixture:
         )
 
     # ------------------------------------------------------------------ internals
-    def _probs_of(self, temperature: float) -> np.ndarray:
+    def _probs_of(self, temperature: Union[float, tuple[float, ...]]) -> np.ndarray:
+        if isinstance(temperature, tuple):
+            return np.asarray(temperature, dtype=np.float64)
         if self.fixed_probs is not None:
             return self.fixed_probs
         return temperature_probs(self.sizes, temperature).numpy()
@@ -469,6 +515,14 @@ class Mixture:
                 if end is not None and position >= end:
                     break
                 add(position, self._run_temps[j])
+        if self.adaptations:
+            # From the first change on, the policy's probabilities replace the schedule's.
+            first = self.adaptations[0][0]
+            keep = [i for i, start in enumerate(starts) if start < first]
+            starts = [starts[i] for i in keep]
+            temps = [temps[i] for i in keep]
+            for position, values in self.adaptations:
+                add(position, values)  # type: ignore[arg-type]
         return np.asarray(starts, dtype=np.int64), temps
 
     def _check_position(self, value: Any, name: str) -> int:
@@ -636,19 +690,13 @@ class Mixture:
 
     def _iid_prefix(self, segment: int, offset: int) -> np.ndarray:
         """Group counts among the first ``offset`` positions of ``segment``."""
-        seg_len = (
-            int(self._seg_starts[segment + 1] - self._seg_starts[segment])
-            if segment + 1 < len(self._seg_starts)
-            else _MAX_POSITION
-        )
         total = np.zeros(self.num_groups, dtype=np.int64)
         index, within = divmod(offset, _IID_SUPER)
         for j in range(index):
             total += self._iid_super_counts(segment, j, _IID_SUPER)
         if within:
-            length = min(_IID_SUPER, seg_len - index * _IID_SUPER)
             block, inside = divmod(within, _IID_BLOCK)
-            counts, before = self._iid_block(segment, index, length, block)
+            counts, before = self._iid_block(segment, index, _IID_SUPER, block)
             total += before
             if inside:
                 groups = self._iid_block_groups(segment, index, block, counts)[:inside]
@@ -674,10 +722,11 @@ class Mixture:
             offset = position - seg_start
             index, within = divmod(offset, _IID_SUPER)
             block, inside = divmod(within, _IID_BLOCK)
-            length = min(_IID_SUPER, seg_len - index * _IID_SUPER)
             block_start = seg_start + index * _IID_SUPER + block * _IID_BLOCK
             end = min(stop, block_start + _IID_BLOCK, seg_start + seg_len)
-            counts, before = self._iid_block(segment, index, length, block)
+            # Superblocks are always drawn whole and a segment that ends early uses a prefix of one, so that cutting a
+            # segment later (an adaptive change of the mixture) leaves every earlier draw as it was.
+            counts, before = self._iid_block(segment, index, _IID_SUPER, block)
             block_groups = self._iid_block_groups(segment, index, block, counts)[: end - block_start]
             # Rank of every position among the block's earlier positions of its group: a stable sort by group.
             order = np.argsort(block_groups, kind="stable")

@@ -172,6 +172,7 @@ class MixtureSampler(DistributedSampler):
         # DistributedSampler.__init__ is not called: it needs a dataset and an initialised process group.
         if not isinstance(mixture, Mixture):
             raise TypeError(f"Expected argument `mixture` to be a lightning_balance.Mixture, but got {mixture!r}.")
+        self._version = 0
         self.mixture = mixture
         self.num_samples = mixture.total if num_samples is None else _positive_int(num_samples, "num_samples")
         self.num_replicas, self.rank = _resolve_world(num_replicas, rank)
@@ -184,6 +185,16 @@ class MixtureSampler(DistributedSampler):
         self._yielded = 0  # indices the live iterator has handed out on this rank
 
     # ------------------------------------------------------------------ public API
+    @property
+    def mixture(self) -> Mixture:
+        """The stream. Replacing it (a resume, an adaptive change) takes effect at the next sample handed out."""
+        return self._mixture
+
+    @mixture.setter
+    def mixture(self, mixture: Mixture) -> None:
+        self._mixture = mixture
+        self._version += 1
+
     @property
     def per_iteration(self) -> int:
         """Global positions one iteration covers: ``len(self) * num_replicas``."""
@@ -219,12 +230,18 @@ class MixtureSampler(DistributedSampler):
         else:
             start = self.epoch * self.per_iteration
         self._start, self._yielded = start, 0
-        stop = start + self.per_iteration
-        chunk = _YIELD_CHUNK * self.num_replicas
-        for lo in range(start, stop, chunk):
-            hi = min(lo + chunk, stop)
-            items = self._indices(lo, hi)[self.rank :: self.num_replicas].tolist()
+        total = len(self)
+        while self._yielded < total:
+            # This rank's k-th sample is global position start + k * R + rank; compute a chunk of them at a time.
+            version = self._version
+            first = self._yielded
+            last = min(first + _YIELD_CHUNK, total)
+            lo = start + first * self.num_replicas
+            items = self._indices(lo, start + last * self.num_replicas)[self.rank :: self.num_replicas].tolist()
             for item in items:
+                if self._version != version:
+                    # The stream was replaced from a later position on: recompute what is left of this chunk.
+                    break
                 self._yielded += 1
                 yield item
 

@@ -232,3 +232,26 @@ def test_iid_seek_far_and_segments():
     assert int(counts.sum()) == position
     chunk = mix.groups(position, position + 5000).numpy()
     assert torch.equal(mix.counts(position + 5000) - counts, torch.from_numpy(np.bincount(chunk, minlength=10)))
+
+
+# ---------------------------------------------------------------- changes during training
+@pytest.mark.parametrize("order", ["stratified", "iid"])
+def test_with_probs_keeps_the_past_and_loses_nothing(order):
+    sizes = [400, 40, 4]
+    mix = Mixture(sizes, temperature=1.0, seed=3, order=order)
+    changed = mix.with_probs(1000, [0.2, 0.4, 0.4]).with_probs(3000, [0.6, 0.2, 0.2])
+    assert torch.equal(changed.indices(0, 1000), mix.indices(0, 1000))
+    np.testing.assert_allclose(changed.probs_at_position(2000).numpy(), [0.2, 0.4, 0.4], atol=1e-8)
+    np.testing.assert_allclose(changed.probs_at_position(5000).numpy(), [0.6, 0.2, 0.2], atol=1e-8)
+    counts = changed.counts(3000) - changed.counts(1000)
+    assert abs(int(counts[1]) - 800) <= (3 if order == "stratified" else 120)
+    # A change later in the stream leaves everything before it alone.
+    assert torch.equal(changed.indices(0, 3000), mix.with_probs(1000, [0.2, 0.4, 0.4]).indices(0, 3000))
+    # Each group keeps walking its passes: the first 40 draws of group 1 after the change are its 40 examples.
+    idx = changed.indices(0, 6000).numpy()
+    g1 = idx[(idx >= 400) & (idx < 440)]
+    for p in range(len(g1) // 40):
+        assert np.array_equal(np.sort(g1[p * 40 : (p + 1) * 40]), np.arange(400, 440))
+    assert changed.config()["adaptations"][0][0] == 1000
+    with pytest.raises(ValueError, match="probs"):
+        mix.with_probs(10, [1.0, -1.0, 0.0])

@@ -1,6 +1,7 @@
 """Lightning callbacks of the package."""
 
+from lightning_balance.callbacks.adaptive_mixing import AdaptiveMixing
 from lightning_balance.callbacks.saln import SALN
 from lightning_balance.callbacks.tail_recall_monitor import TailRecallMonitor
 
-__all__ = ["SALN", "TailRecallMonitor"]
+__all__ = ["SALN", "AdaptiveMixing", "TailRecallMonitor"]

@@ -45,6 +45,12 @@ Strategy = Literal["natural", "upsample", "upweight", "unimax"]
 _STRATEGIES = ("natural", "upsample", "upweight", "unimax")
 
 
+_UNWRAP_HINT = (
+    "This is a training batch of a BalancedDataModule, which only its DataModule can unwrap. Pass the DataModule to"
+    " the Trainer: `trainer.fit(model, datamodule=dm)`, not `train_dataloaders=dm.train_dataloader()`."
+)
+
+
 class IndexedBatch:
     """A training batch with the dataset index and the group id of each of its samples.
 
@@ -60,11 +66,10 @@ class IndexedBatch:
         self.indices, self.batch, self.groups = indices, batch, groups
 
     def __iter__(self) -> Any:
-        raise TypeError(
-            "This is a training batch of a BalancedDataModule, which only its DataModule can unwrap. Pass the"
-            " DataModule to the Trainer: `trainer.fit(model, datamodule=dm)`, not"
-            " `train_dataloaders=dm.train_dataloader()`."
-        )
+        raise TypeError(_UNWRAP_HINT)
+
+    def __getitem__(self, item: Any) -> Any:
+        raise TypeError(_UNWRAP_HINT)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -381,6 +386,7 @@ class BalancedDataModule(LightningDataModule):
         self._groups_digest: Optional[str] = None
         self._sources_dataset: Optional[_SourcesDataset] = None
         self._total_steps: Optional[int] = None  # optimizer steps over the run, for schedules
+        self._num_samples: Optional[int] = None  # global samples per epoch
         self._temperature_runs: Optional[tuple[np.ndarray, list[float]]] = None
         # (stream position, Trainer's processed batches) at the restored checkpoint, and the Trainer that restored it:
         # a later fit with another Trainer starts a new stream.
@@ -491,7 +497,8 @@ class BalancedDataModule(LightningDataModule):
         changed = self._groups_key is not None
         self._sources_dataset = None
         self._group_index = index
-        self._group_ids = ids.long().cpu()
+        # A copy: a setup() that reshuffles the dataset's tensors in place must not change the ids compared against.
+        self._group_ids = ids.long().cpu().clone()
         self._groups_digest = hashlib.sha1(self._group_ids.numpy().tobytes()).hexdigest()[:16]
         self._groups_key = key
         self._weights_cache.clear()
@@ -665,6 +672,7 @@ class BalancedDataModule(LightningDataModule):
                 f"An epoch of {requested} samples is smaller than one global batch ({self.batch_size} x {world}"
                 " processes). Lower `batch_size` or raise `samples_per_epoch`."
             )
+        self._num_samples = num_samples
         self._total_steps = None
         self._temperature_runs = None
         if self.strategy != "natural" and is_schedule(self.temperature):
@@ -718,6 +726,7 @@ class BalancedDataModule(LightningDataModule):
             total_steps=self._total_steps if upsample else None,
             order=self.order,
             probs=probs,
+            epoch_length=self._num_samples if self.order == "epoch" else None,
         )
 
     def mixture(self) -> Optional[Mixture]:
@@ -856,6 +865,9 @@ class BalancedDataModule(LightningDataModule):
             saved = sampler_state.get(key, mine)
             if saved != mine:
                 changes.append(f"{key} {saved} -> {mine}")
+        if self._groups_digest is None and (self.train_dataset is not None or self.train_sources is not None):
+            # Lightning restores the DataModule before it asks for the training DataLoader: read the groups now.
+            self._refresh_groups()
         saved_digest = sampler_state.get("groups_digest")
         if saved_digest is not None and self._groups_digest is not None and saved_digest != self._groups_digest:
             changes.append("the training examples' group ids (same dataset size, other labels or order)")
@@ -888,6 +900,7 @@ class BalancedDataModule(LightningDataModule):
                     total_steps=mixture.total_steps, order=mixture.order, history=history,
                     probs=None if mixture.fixed_probs is None else mixture.fixed_probs.tolist(),
                     adaptations=adaptations,
+                    epoch_length=mixture.epoch_length if mixture.order == "epoch" else None,
                 )
         self.sampler.set_position(_check_resume(state, self.sampler.mixture))
 

@@ -234,6 +234,8 @@ class Mixture:
         history: stretches of the stream after the first, as ``(position, step, step_size)``; see :meth:`rebased`.
         probs: fixed group probabilities instead of ``p(T)`` (e.g. :func:`~lightning_balance.unimax_probs`).
         adaptations: ``(position, probs)`` changes of the mixture during training; see :meth:`with_probs`.
+        epoch_length: with ``order="epoch"``, positions per epoch (default: every example once). Each epoch is a
+            fresh permutation of all examples, cut short (or followed by more permutations) to this length.
 
     Example:
         >>> mix = Mixture([900, 90, 10], temperature=float("inf"), seed=0)
@@ -262,11 +264,15 @@ class Mixture:
         history: Optional[Sequence[Sequence[int]]] = None,
         probs: Optional[Sequence[float]] = None,
         adaptations: Optional[Sequence[tuple[int, Sequence[float]]]] = None,
+        epoch_length: Optional[int] = None,
     ) -> None:
         self.sizes = _validate_sizes(sizes)
         self.fixed_probs = None if probs is None else _validate_probs(probs, self.sizes)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.total = int(self.offsets[-1])
+        # order="epoch": an epoch is `epoch_length` positions, fresh permutations of all examples (the last one cut
+        # short), as `shuffle=True` with `drop_last` does when the epoch is not a multiple of the data.
+        self.epoch_length = self.total if epoch_length is None else _positive_int(epoch_length, "epoch_length")
         self.seed = _non_negative_int(seed, "seed")
         self.step_size = _positive_int(step_size, "step_size")
         self.total_steps = None if total_steps is None else _positive_int(total_steps, "total_steps")
@@ -378,7 +384,7 @@ class Mixture:
             self.sizes, self.temperature, seed=self.seed, step_size=self.step_size, total_steps=self.total_steps,
             order=self.order, num_samples=self.num_samples, history=history,
             probs=None if self.fixed_probs is None else self.fixed_probs.tolist(),
-            adaptations=adaptations,
+            adaptations=adaptations, epoch_length=self.epoch_length if self.order == "epoch" else None,
         )
 
     def rebased(self, position: int, step: int, step_size: int) -> Mixture:
@@ -450,6 +456,7 @@ class Mixture:
             "sizes_digest": digest,
             "seed": self.seed,
             "order": self.order,
+            "epoch_length": self.epoch_length,
             "step_size": self.step_size,
             "total_steps": self.total_steps,
             "segments": [[s, t] for s, t in self.segments][:64],
@@ -595,13 +602,27 @@ class Mixture:
         return counts + extra, phase
 
     def _epoch_counts(self, position: int) -> np.ndarray:
-        epoch, within = divmod(position, self.total)
-        counts = self.sizes * epoch
+        length = self.epoch_length
+        epoch, within = divmod(position, length)
+        passes, rest = divmod(length, self.total)
+        counts = self.sizes * (epoch * passes)
+        if rest:
+            # Every epoch ends with the first `rest` examples of one more permutation; count the smaller side of it.
+            for e in range(epoch):
+                counts = counts + self._pass_prefix_counts(e, passes, rest)
         if within:
-            _, draws = self._draws(epoch * self.total, position)
-            groups = np.searchsorted(self.offsets, draws, side="right") - 1
+            groups, _ = self._epoch_draws(epoch * length, position)
             counts = counts + np.bincount(groups, minlength=self.num_groups)
         return counts
+
+    def _pass_prefix_counts(self, epoch: int, pass_: int, rest: int) -> np.ndarray:
+        key = derive_key(self.seed, _TAG_EPOCH, epoch, pass_)
+        if rest <= self.total - rest:
+            index = permute(np.arange(rest), self.total, key).astype(np.int64)
+            return np.bincount(np.searchsorted(self.offsets, index, side="right") - 1, minlength=self.num_groups)
+        index = permute(np.arange(rest, self.total), self.total, key).astype(np.int64)
+        dropped = np.bincount(np.searchsorted(self.offsets, index, side="right") - 1, minlength=self.num_groups)
+        return self.sizes - dropped
 
     def _draws(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Group and per-group draw number (for ``order='epoch'``: dataset index) of positions ``[start, stop)``."""
@@ -656,8 +677,9 @@ class Mixture:
 
     def _epoch_draws(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         positions = np.arange(start, stop, dtype=np.int64)
-        epochs, within = np.divmod(positions, self.total)
-        index = permute(within, self.total, derive_key(self.seed, _TAG_EPOCH, epochs)).astype(np.int64)
+        epochs, within = np.divmod(positions, self.epoch_length)
+        passes, within = np.divmod(within, self.total)
+        index = permute(within, self.total, derive_key(self.seed, _TAG_EPOCH, epochs, passes)).astype(np.int64)
         groups = np.searchsorted(self.offsets, index, side="right") - 1
         return groups, index
 

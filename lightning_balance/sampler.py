@@ -181,8 +181,9 @@ class MixtureSampler(DistributedSampler):
         self.seed = mixture.seed
         self.epoch = 0
         self._position: Optional[int] = None  # set by set_position / load_state_dict for the next iterator
-        self._start = 0  # global position where the live iterator started
-        self._yielded = 0  # indices the live iterator has handed out on this rank
+        self._epoch_set = False  # set_epoch called since the last iterator started
+        self._start = 0  # global position where the live (or last) iterator started
+        self._yielded = 0  # indices the live (or last) iterator has handed out on this rank
 
     # ------------------------------------------------------------------ public API
     @property
@@ -209,9 +210,11 @@ class MixtureSampler(DistributedSampler):
     def set_epoch(self, epoch: int) -> None:
         """Start the next iterator at epoch ``epoch``: position ``epoch * per_iteration`` (Lightning calls it).
 
-        A position given by :meth:`set_position` or a loaded state takes precedence for the next iterator.
+        A position given by :meth:`set_position` or a loaded state takes precedence for the next iterator. Without
+        either, an iterator continues where the previous one stopped.
         """
         self.epoch = int(epoch)
+        self._epoch_set = True
 
     def set_position(self, position: int) -> None:
         """Start the next iterator at global sample ``position`` of the stream."""
@@ -221,14 +224,17 @@ class MixtureSampler(DistributedSampler):
 
     @property
     def position(self) -> int:
-        """The global position of the next sample this rank's stream has not handed out."""
+        """The global position the stream continues from: where the next iterator starts, or how far the live one
+        has come (its next sample on this rank)."""
+        if self._position is not None:
+            return self._position
+        if self._epoch_set:
+            return self.epoch * self.per_iteration
         return self._start + self._yielded * self.num_replicas
 
     def __iter__(self) -> Iterator[int]:
-        if self._position is not None:
-            start, self._position = self._position, None
-        else:
-            start = self.epoch * self.per_iteration
+        start = self.position
+        self._position, self._epoch_set = None, False
         self._start, self._yielded = start, 0
         total = len(self)
         while self._yielded < total:
@@ -284,7 +290,10 @@ def _check_resume(state: dict[str, Any], mixture: Mixture) -> int:
                 f" {key}={mine[key]!r}. Build it with the same group sizes, seed and order to continue the stream,"
                 " or start a new run."
             )
-    changed = [key for key in ("segments", "step_size", "total_steps") if key in saved and saved[key] != mine[key]]
+    changed = [
+        key for key in ("segments", "step_size", "total_steps", "epoch_length", "probs")
+        if key in saved and key in mine and saved[key] != mine[key]
+    ]
     if changed:
         rank_zero_warn(
             "Resuming a mixture whose temperature schedule changed ("

@@ -63,9 +63,7 @@ class Reshuffled(BalancedDataModule):
 
 @pytest.mark.parametrize("in_place", [
     pytest.param(False, id="new-dataset"),
-    pytest.param(True, id="in-place", marks=pytest.mark.xfail(strict=True, reason=(
-        "the DataModule's group ids alias the dataset's int64 label tensor (`.long().cpu()` copies nothing), so an"
-        " in-place reshuffle also changes the ids it compares against and the group index is not rebuilt"))),
+    pytest.param(True, id="in-place"),
 ])
 def test_groups_follow_the_dataset_of_a_second_setup(in_place):
     dm = Reshuffled(in_place=in_place, strategy="upsample", temperature=float("inf"), batch_size=16, seed=1)
@@ -179,9 +177,7 @@ def checkpoint(tmp_path):
 @pytest.mark.parametrize("change, match", [
     (dict(temperature=2.0), "configuration changed: temperature 5.0 -> 2.0"),
     (dict(temperature=Cooldown(5.0, 1.0, 0.5)), "temperature 5.0 -> Cooldown"),
-    pytest.param(dict(label_seed=1), "configuration changed: the training examples' group ids", marks=pytest.mark.xfail(
-        strict=True, reason="Trainer.fit(ckpt_path=) restores the DataModule before train_dataloader() reads the"
-        " groups, so the groups digest is still None when the saved one is compared")),
+    pytest.param(dict(label_seed=1), "configuration changed: the training examples' group ids"),
 ])
 def test_resume_with_another_configuration_warns_naming_it(tmp_path, checkpoint, change, match):
     with pytest.warns(UserWarning, match=match):
@@ -296,8 +292,7 @@ class Unpacking(ToyModel):
 
 @pytest.mark.parametrize("model", [
     pytest.param(Unpacking, id="unpacks"),
-    pytest.param(ToyModel, id="indexes", marks=pytest.mark.xfail(strict=True, reason=(
-        "IndexedBatch defines no __getitem__: `batch[0]` fails with \"'IndexedBatch' object is not subscriptable\""))),
+    pytest.param(ToyModel, id="indexes"),
 ])
 def test_fitting_on_the_train_dataloader_alone_says_to_pass_the_datamodule(model):
     dm = ToyData(strategy="upsample", temperature=5.0, batch_size=8)
@@ -383,3 +378,18 @@ def test_a_huge_epoch_costs_no_memory():
     assert len(loader) == 10**12 // 8 and len(batch.indices) == 8
     assert peak < 50 * 2**20
     assert _rss_bytes() - rss < 50 * 2**20
+
+
+def test_natural_epochs_that_do_not_divide_the_data_never_repeat_an_example():
+    # 51 examples, 48 per epoch: like shuffle=True with drop_last, each epoch is a fresh permutation cut short.
+    sizes = (40, 6, 1, 1, 3)
+    dm = ToyData(sizes=sizes, strategy="natural", batch_size=8, seed=3)
+    recorder = RecordIndices()
+    trainer(max_epochs=3, callbacks=[recorder]).fit(ToyModel(num_classes=5), dm)
+    for e in range(3):
+        epoch = sum(recorder.steps[e * 6 : (e + 1) * 6], [])
+        assert len(epoch) == 48 and len(set(epoch)) == 48
+    counts = dm.mixture().counts(3 * 48).numpy()
+    labels = dm.train_dataset.tensors[1]
+    seen = np.bincount(labels[sum(recorder.steps, [])].numpy(), minlength=5)
+    assert counts.tolist() == seen.tolist()

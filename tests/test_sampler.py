@@ -60,12 +60,14 @@ def test_deterministic_per_seed_and_epoch():
     groups = _groups(SIZES)
     a = TemperatureSampler(groups, 5.0, seed=7)
     b = TemperatureSampler(groups, 5.0, seed=7)
-    assert list(a) == list(b)
-    c = TemperatureSampler(groups, 5.0, seed=8)
-    assert list(a) != list(c)
     first = list(a)
+    assert first == list(b)
+    c = TemperatureSampler(groups, 5.0, seed=8)
+    assert first != list(c)
+    second = list(a)  # without set_epoch, the next iteration continues the stream
+    assert second != first and second == a.epoch_plan(1).tolist()
     a.set_epoch(1)
-    assert list(a) != first
+    assert list(a) == second
     a.set_epoch(0)
     assert list(a) == first
 
@@ -409,3 +411,13 @@ def test_sparse_group_ids_are_rejected_before_allocating():
 def test_negative_seed():
     with pytest.raises(ValueError, match="`seed` to be a non-negative integer"):
         TemperatureSampler([0, 1], seed=-1)
+
+
+def test_state_reports_the_pending_position():
+    sampler = TemperatureSampler(_groups(SIZES), 5.0, num_samples=8, seed=0)
+    sampler.set_position(37)
+    assert sampler.state_dict()["position"] == 37
+    assert list(sampler) == sampler._indices(37, 45).tolist()
+    assert sampler.state_dict()["position"] == 45
+    sampler.set_epoch(3)
+    assert sampler.state_dict()["position"] == 24

@@ -56,9 +56,12 @@ def _colors(names: Sequence[str]) -> dict[str, Any]:
 def plot_curves(runs: Sequence[RunResult], path: Optional[PathLike] = None) -> Figure:
     """Validation loss (top) and recall (bottom) of the head, medium and tail classes over optimizer steps.
 
-    Each strategy is one line: the mean over its seeds at every validation step, with a ± std band.
+    Each strategy is one line: the mean over its seeds at every validation step, with a ± std band. Diverged
+    runs are left out (their losses are not numbers); a strategy whose every seed diverged says so in the legend.
     """
     names = list(dict.fromkeys(run.name for run in runs))
+    diverged = {name for name in names if all(run.diverged for run in runs if run.name == name)}
+    runs = [run for run in runs if not run.diverged]
     colors = _colors(names)
     # Strategies that share a seed share their start (Cooldown is upsampling until it switches): dashes keep the
     # line underneath visible.
@@ -96,6 +99,8 @@ def plot_curves(runs: Sequence[RunResult], path: Optional[PathLike] = None) -> F
     axes[1, 0].set_ylabel("validation recall")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
+    for name in sorted(diverged):
+        axes[1, 2].plot([], [], color=colors[name], linestyle=styles[name], label=f"{name}: diverged in every seed")
     handles, labels = axes[1, 2].get_legend_handles_labels()
     if handles:
         figure.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 5), frameon=False)
@@ -105,12 +110,14 @@ def plot_curves(runs: Sequence[RunResult], path: Optional[PathLike] = None) -> F
 
 
 def plot_tradeoff(summary: Sequence[Mapping[str, Any]], path: Optional[PathLike] = None) -> Figure:
-    """Final head recall (x) against tail recall (y), one point per strategy, with ± std bars."""
+    """Final head recall (x) against tail recall (y), one point per strategy, with ± std bars (diverged seeds out)."""
     figure = _figure(6.5, 5)
     ax = figure.subplots()
     colors = _colors([row["name"] for row in summary])
     for row in summary:
         x, y = row["recall_head_mean"], row["recall_tail_mean"]
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue  # every seed diverged: nothing to place
         ax.errorbar(x, y, xerr=row["recall_head_std"], yerr=row["recall_tail_std"], fmt="o", capsize=4,
                     color=colors[row["name"]], label=f"{row['name']} ({row['label']})")
         ax.annotate(row["name"], (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
@@ -119,7 +126,8 @@ def plot_tradeoff(summary: Sequence[Mapping[str, Any]], path: Optional[PathLike]
     ax.grid(alpha=0.3)
     ax.margins(0.2)
     if summary:
-        ax.legend(fontsize=8, loc="best")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
         ax.set_title(f"Head vs tail recall (mean ± std over {summary[0]['seeds']} seed(s))")
     return _save(figure, path)
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from lightning.pytorch import Callback
 
 from lightning_balance import Cooldown
 from lightning_balance.cli import build_parser, lightning_cli, main, parse_kwargs
@@ -24,6 +25,23 @@ TINY = ["--seeds", "1", "--max-steps", "4", "--val-every", "2", "--no-progress"]
 
 def _compare(tmp_path, *extra):
     return main(["compare", *TINY, "--out", str(tmp_path / "out"), *extra])
+
+
+class TrainerSpy(Callback):
+    """Records the settings every run's Trainer, model and optimizer trained with (named in a config)."""
+
+    seen: list = []
+
+    def on_train_end(self, trainer, pl_module):
+        optimizer = trainer.optimizers[0]
+        type(self).seen.append({
+            "max_steps": trainer.max_steps, "global_step": trainer.global_step,
+            "gradient_clip_val": trainer.gradient_clip_val, "accumulate": trainer.accumulate_grad_batches,
+            "optimizer": type(optimizer).__name__, "lr": optimizer.param_groups[0]["initial_lr"]
+            if "initial_lr" in optimizer.param_groups[0] else optimizer.param_groups[0]["lr"],
+            "schedulers": [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs],
+            "model_lr": pl_module.hparams.get("lr"),
+        })
 
 
 def test_compare_writes_its_files_and_prints_the_table(tmp_path, capsys):
@@ -74,8 +92,137 @@ def test_compare_reads_a_lightning_cli_config(tmp_path, capsys, config):
 
 def test_quick_flag(tmp_path):
     args = build_parser().parse_args(["compare", "--quick"])
-    assert (args.quick, args.seeds, args.max_steps) == (True, 3, 1000)  # --quick applies when the command runs
-    assert args.tail_target == 0.5 and args.temperature == 5.0 and args.val_every == 20
+    # --quick and the defaults (1000 steps, or trainer.max_steps of --config) apply when the command runs
+    assert (args.quick, args.seeds, args.max_steps, args.val_every) == (True, 3, None, None)
+    assert args.tail_target == 0.5 and args.temperature == 5.0
+
+
+# ------------------------------------------------------------------ --config: every Trainer and optimizer setting
+HONOURED = """
+trainer:
+  max_steps: 6
+  val_check_interval: 4
+  accumulate_grad_batches: 2
+  gradient_clip_val: 0.25
+  log_every_n_steps: 1
+  callbacks:
+    - class_path: tests.test_cli.TrainerSpy
+model:
+  class_path: lightning_balance.models.MLPClassifier
+  init_args:
+    hidden: 8
+    lr: 5e-2
+optimizer:
+  class_path: torch.optim.Adam
+  init_args:
+    lr: 1e-3
+lr_scheduler:
+  class_path: torch.optim.lr_scheduler.StepLR
+  init_args:
+    step_size: 2
+data:
+  class_path: lightning_balance.datasets.LongTailDigits
+  init_args:
+    batch_size: 8
+    val_per_class: 10
+"""
+
+
+def test_compare_honours_every_trainer_and_optimizer_setting_of_a_config(tmp_path):
+    config = tmp_path / "cfg.yaml"
+    config.write_text(HONOURED)
+    TrainerSpy.seen = []
+    code = main(["compare", "--config", str(config), "--seeds", "1", "--only", "upsample,upweight", "--no-progress",
+                 "--out", str(tmp_path / "out")])
+    assert code == 0
+    assert len(TrainerSpy.seen) == 2  # a fresh callback in every run
+    for seen in TrainerSpy.seen:
+        assert (seen["max_steps"], seen["global_step"]) == (6, 6)  # trainer.max_steps, not the default 1000
+        assert seen["gradient_clip_val"] == 0.25 and seen["accumulate"] == 2
+        assert (seen["optimizer"], seen["lr"], seen["schedulers"]) == ("Adam", 0.001, ["StepLR"])
+        assert seen["model_lr"] == 0.05 and isinstance(seen["model_lr"], float)  # 5e-2 read as jsonargparse does
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    run = data["runs"][0]
+    assert [p["step"] for p in run["curve"]] == [2, 4, 6]  # val_check_interval 4 batches = 2 optimizer steps
+    assert run["samples_seen"] == 6 * 2 * 8  # two batches of 8 per optimizer step
+    assert data["settings"]["optimizer"]["class_path"] == "torch.optim.Adam"
+    assert data["settings"]["trainer_kwargs"]["gradient_clip_val"] == 0.25
+    assert data["settings"]["model_args"]["lr"] == 0.05
+
+
+def test_command_line_flags_win_over_the_config(tmp_path):
+    config = tmp_path / "cfg.yaml"
+    config.write_text(HONOURED)
+    TrainerSpy.seen = []
+    assert _compare(tmp_path, "--config", str(config), "--only", "natural") == 0  # TINY: --max-steps 4 --val-every 2
+    assert [(s["max_steps"], s["global_step"]) for s in TrainerSpy.seen] == [(4, 4)]
+
+
+@pytest.mark.parametrize(
+    ("trainer", "message"),
+    [
+        ("max_epochs: 3", "Cannot honour the Trainer argument `trainer.max_epochs`=3 in a comparison: every run trains"
+                          " for the same number of optimizer steps: give `max_steps` (--max-steps) instead."),
+        ("limit_train_batches: 0.5", "`trainer.limit_train_batches`=0.5"),
+        ("val_check_interval: 0.5", "`trainer.val_check_interval` 0.5 in --config: a comparison validates every so"
+                                    " many optimizer steps"),
+        ("val_check_interval: 3\n  accumulate_grad_batches: 2", "not a whole number of optimizer steps with"
+                                                                " `accumulate_grad_batches` 2. Give a multiple of 2"),
+        ("devices: 0", "Expected `trainer.devices in --config` to be a positive number of devices"),
+        ("gradient_clip: 1.0", "`trainer.gradient_clip in --config` is not a Trainer argument"),
+    ],
+)
+def test_config_settings_that_cannot_be_honoured_are_refused_by_name(tmp_path, capsys, trainer, message):
+    config = tmp_path / "cfg.yaml"
+    config.write_text(f"trainer:\n  {trainer}\n")
+    assert _compare(tmp_path, "--config", str(config)) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_sections_compare_cannot_use_are_refused(tmp_path, capsys):
+    config = tmp_path / "cfg.yaml"
+    config.write_text("trainer:\n  max_steps: 4\nfancy:\n  x: 1\n")
+    assert _compare(tmp_path, "--config", str(config)) == 2
+    assert "has sections that `compare` cannot use: `fancy:`" in capsys.readouterr().err
+    config.write_text("ckpt_path: last.ckpt\n")
+    assert _compare(tmp_path, "--config", str(config)) == 2
+    assert "sets `ckpt_path: last.ckpt`" in capsys.readouterr().err
+    config.write_text("lr_scheduler:\n  class_path: torch.optim.lr_scheduler.StepLR\n")
+    assert _compare(tmp_path, "--config", str(config)) == 2
+    assert "is given without `optimizer`" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ diverged runs and interruption
+def test_a_comparison_where_every_run_diverged_says_so_and_exits_1(tmp_path, capsys):
+    code = _compare(tmp_path, "--only", "upsample,upweight", "--model-args", "lr=1.0e+30")
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "every run diverged" in captured.err and "Lower the learning rate" in captured.err
+    assert "Head R" in captured.out and "diverged" in captured.out.split("upsample", 1)[1].splitlines()[0]
+    assert "1.000" not in captured.out  # no "perfect head recall" of a model that predicts nothing
+    assert "no verdict: both diverged in every seed" in captured.out and "equal" not in captured.out
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["diverged"] for r in data["runs"]] == [True, True]
+    assert [r["diverged"] for r in data["summary"]] == [1, 1]
+    with open(tmp_path / "out" / "runs.csv") as f:
+        assert [row["diverged"] for row in csv.DictReader(f)] == ["True", "True"]
+
+
+def test_ctrl_c_keeps_the_finished_runs_and_exits_130(tmp_path, capsys):
+    from tests.test_compare import InterruptedModel
+
+    InterruptedModel.built = 0
+    code = _compare(tmp_path, "--only", "natural,upweight", "--model", "tests.test_compare.InterruptedModel",
+                    "--model-args", "num_features=64", "num_classes=10")
+    out = capsys.readouterr().out
+    assert code == 130
+    assert "Incomplete: interrupted during upweight seed 0; 1 of 2 runs finished" in " ".join(out.split())
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert data["complete"] is False and [r["name"] for r in data["runs"]] == ["natural"]
+    assert data["settings"]["interrupted"] == "upweight seed 0"
+    with open(tmp_path / "out" / "summary.csv") as f:
+        assert [(r["name"], r["complete"]) for r in csv.DictReader(f)] == [("natural", "False")]
 
 
 def test_saln_flag(tmp_path):
@@ -83,6 +230,15 @@ def test_saln_flag(tmp_path):
     assert _compare(tmp_path, "--only", "saln", "--saln", "--saln-keep", "0.25") == 0
     run = json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]
     assert run["name"] == "saln" and run["samples_seen"] == 4 * 8  # a quarter of 4 batches of 32
+
+
+def test_saln_options_without_saln_are_refused(tmp_path, capsys):
+    assert _compare(tmp_path, "--saln-keep", "0") == 2
+    err = capsys.readouterr().err
+    assert "`--saln-keep` was given without `--saln`, so no SALN run would use it. Add --saln" in err
+    assert _compare(tmp_path, "--saln-method", "random", "--saln-keep", "0.5") == 2
+    assert "`--saln-keep` and `--saln-method` were given without `--saln`" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_hardware_arguments_reach_the_trainer(tmp_path):
@@ -104,7 +260,17 @@ def test_hardware_arguments_reach_the_trainer(tmp_path):
         (["--model", "tests.test_compare.NoTrainingStep"], "is not a LightningModule subclass"),
         (["--model", "tests.test_compare.PlainMeanModel", "--only", "upweight"],
          "`training_step` did not reduce its loss with `lightning_balance.balanced_loss`"),
-        (["--model-args", "hidden=3"], "`--model-args` was given without `--model`"),
+        (["--model-args", "depth=3"], "Cannot build `--model` lightning_balance.models.MLPClassifier(**{'depth': 3,"),
+        (["--model-args", "lr=-1"], "`--model` MLPClassifier.configure_optimizers() refused its settings: Invalid"
+                                    " learning rate: -1. Check --model-args (e.g. a positive learning rate"),
+        (["--datamodule", ""], "Cannot import `--datamodule` '': it is empty."),
+        (["--model", ""], "Cannot import `--model` '': it is empty."),
+        (["--devices", "0"], "Expected `--devices` to be a positive number of devices, -1 (all), 'auto' or device ids"
+                             " such as '0,1', but got 0. Give e.g. --devices 1."),
+        (["--accelerator", "tpu"], "`--accelerator` 'tpu' is not available on this machine (available: ["),
+        (["--precision", "7"], "Expected `--precision` to be one of"),
+        (["--precision", "7"], "but got '7'. Give e.g. --precision 32-true or bf16-mixed."),
+        (["--threads", "0"], "Expected `--threads` to be a positive number of CPU threads, but got 0."),
         (["--datamodule-args", "oops"], "Cannot read `--datamodule-args` 'oops': expected key=value"),
         (["--datamodule-args", "colour=red"], "Check --datamodule-args"),
         (["--only", "natural,bogus"], "Expected `only` to name runs among"),
@@ -178,6 +344,10 @@ def test_config_without_class_path(tmp_path, capsys):
 
 def test_parse_kwargs():
     assert parse_kwargs(["a=1", "b=x", "c=[1, 2]", "d=null"], "--x") == {"a": 1, "b": "x", "c": [1, 2], "d": None}
+    # Numbers as LightningCLI (jsonargparse) reads them, not YAML 1.1: 1e-3 is a float.
+    parsed = parse_kwargs(["lr=1e-3", "wd=5E-4", "big=1.0e+30", "n=-1", "name=1e-3x"], "--x")
+    assert parsed == {"lr": 0.001, "wd": 0.0005, "big": 1e30, "n": -1, "name": "1e-3x"}
+    assert isinstance(parsed["lr"], float) and isinstance(parsed["wd"], float)
     assert parse_kwargs(['{"a": {"b": 1}}'], "--x") == {"a": {"b": 1}}
     with pytest.raises(ConfigurationError, match=r"Cannot read `--x` '\{bad': invalid JSON"):
         parse_kwargs(["{bad"], "--x")
@@ -187,9 +357,11 @@ def test_paper_command(tmp_path, capsys):
     out = tmp_path / "paper"
     code = main(["paper", *TINY, "--num-batches", "20", "--out", str(out)])
     assert code == 0
-    assert "(a) Full-batch GD" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "(a) p(T) of sizes 900/90/10 against hand-worked values" in printed and "-> holds: True" in printed
     report = json.loads((out / "paper.json").read_text())
-    assert {"full_batch_equivalence", "gradient_variance", "tail_dynamics", "cooldown"} <= set(report)
+    assert {"known_answer", "full_batch_equivalence", "full_batch_holds", "gradient_variance", "variance_verdict",
+            "tail_dynamics", "cooldown"} <= set(report)
     assert (out / "report.md").read_text().startswith("# Upsample or upweight?")
     assert (out / "compare" / "summary.csv").exists() and (out / "variance_digits.png").exists()
 

@@ -3,12 +3,14 @@
 import csv
 import json
 import math
+import signal
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
+import torch.nn.functional as F
+from torch.utils.data import Dataset, TensorDataset
 
-from lightning_balance import BalancedDataModule, Cooldown
+from lightning_balance import BalancedDataModule, Cooldown, balanced_loss
 from lightning_balance.compare import (
     CompareSettings,
     ComponentSpec,
@@ -18,14 +20,24 @@ from lightning_balance.compare import (
     check_model_class,
     check_output_dir,
     check_run_arguments,
+    check_trainer_arguments,
     compare,
     default_runs,
     import_object,
+    smoothed_rise,
     summarize,
 )
 from lightning_balance.datasets import LongTailDigits
 from lightning_balance.models import MLPClassifier
-from lightning_balance.reporting import RUN_COLUMNS, SUMMARY_COLUMNS, summary_markdown, verdict, write_compare_outputs
+from lightning_balance.reporting import (
+    RUN_COLUMNS,
+    SUMMARY_COLUMNS,
+    paired_difference,
+    summary_markdown,
+    summary_table,
+    verdict,
+    write_compare_outputs,
+)
 
 TINY = dict(max_steps=6, val_every=3)
 
@@ -74,6 +86,91 @@ class PlainMeanModel(MLPClassifier):
 
 class NoTrainingStep(torch.nn.Module):
     pass
+
+
+class DivergingModel(MLPClassifier):
+    """The digits MLP with a learning rate that sends its weights to infinity within two steps."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("lr", 1.0e30)
+        super().__init__(**kwargs)
+
+
+class _DictDigits(Dataset):
+    """The digits as mappings ``{"x": features, "y": label}``; ``targets`` are the groups."""
+
+    def __init__(self, dataset):
+        self.x, self.targets = dataset.tensors
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "y": self.targets[i]}
+
+
+class DictDigits(SmallDigits):
+    """SmallDigits whose batches are dicts with keys "x" and "y"."""
+
+    def setup(self, stage=None):
+        super().setup(stage)
+        if not isinstance(self.train_dataset, _DictDigits):
+            self.train_dataset = _DictDigits(self.train_dataset)
+            self.val_dataset = _DictDigits(self.val_dataset)
+
+
+class DictModel(MLPClassifier):
+    """Reads dict batches; `validation_step` returns nothing, so the runner reads the batch itself."""
+
+    def training_step(self, batch, batch_idx):
+        return balanced_loss(self, F.cross_entropy(self(batch["x"]), batch["y"], reduction="none"))
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", F.cross_entropy(self(batch["x"]), batch["y"]))
+
+
+class DictLogitsModel(DictModel):
+    """Returns {"logits": ..., "targets": ...} from `validation_step`."""
+
+    def validation_step(self, batch, batch_idx):
+        return {"logits": self(batch["x"]), "targets": batch["y"]}
+
+
+class _OddKeys(_DictDigits):
+    def __getitem__(self, i):
+        return {"pixels": self.x[i], "digit": self.targets[i]}
+
+
+class OddKeyDigits(SmallDigits):
+    def setup(self, stage=None):
+        super().setup(stage)
+        if not isinstance(self.train_dataset, _OddKeys):
+            self.train_dataset = _OddKeys(self.train_dataset)
+            self.val_dataset = _OddKeys(self.val_dataset)
+
+
+class OddKeyModel(MLPClassifier):
+    def training_step(self, batch, batch_idx):
+        return balanced_loss(self, F.cross_entropy(self(batch["pixels"]), batch["digit"], reduction="none"))
+
+    def validation_step(self, batch, batch_idx):
+        return None
+
+
+class InterruptedModel(MLPClassifier):
+    """Training of the second model built is interrupted (Ctrl-C) at its third step."""
+
+    built = 0
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        type(self).built += 1
+        self.number = type(self).built
+
+    def training_step(self, batch, batch_idx):
+        if self.number == 3 and self.global_step == 2:  # the probe is the first model, the runs come after
+            raise KeyboardInterrupt
+        return super().training_step(batch, batch_idx)
 
 
 # ------------------------------------------------------------------ what runs
@@ -204,7 +301,9 @@ def test_files_written_match_the_runs(tiny_result, tmp_path):
         assert len(list(csv.DictReader(f))) == 8  # 4 runs x 2 validations
 
     data = json.loads(files["json"].read_text())
-    assert set(data) == {"settings", "summary", "runs"}
+    assert set(data) == {"complete", "settings", "summary", "runs"} and data["complete"] is True
+    assert [row["complete"] for row in summary] == ["True", "True"]
+    assert data["settings"]["runs_planned"] == data["settings"]["runs_finished"] == 4
     assert data["settings"]["max_steps"] == 6 and data["settings"]["seeds"] == [0, 1]
     for row_csv, row_json, run in zip(runs, data["runs"], tiny_result.runs, strict=True):
         expected = run.final["recall_tail"]
@@ -217,7 +316,89 @@ def test_files_written_match_the_runs(tiny_result, tmp_path):
 def test_markdown_and_verdict(tiny_result):
     table = summary_markdown(tiny_result.summary)
     assert table.count("\n") == 3 and "| natural | T=1 |" in table
-    assert verdict(tiny_result.summary) == []  # no upsample run to compare with
+    assert "Diverged" not in table  # the column appears only when a run diverged
+    assert verdict(tiny_result.summary, tiny_result.runs) == []  # no upsample run to compare with
+
+
+# ------------------------------------------------------------------ diverged runs
+def test_a_diverged_run_is_flagged_stops_and_is_left_out_of_the_summary():
+    result = compare(ComponentSpec(SmallDigits), ComponentSpec(DivergingModel, {}, "--model"),
+                     runs=default_runs(only=["upweight"]), settings=CompareSettings(seeds=[0], **TINY), progress=False)
+    (run,) = result.runs
+    assert run.diverged and run.diverged_at == 3
+    assert run.steps == 3  # stopped at the validation that found it, not at max_steps=6
+    assert run.curve[-1]["val_nonfinite"] > 0 or run.curve[-1]["train_nonfinite"]
+    row = result.summary[0]
+    assert row["diverged"] == 1 and row["seeds"] == 1
+    assert math.isnan(row["recall_head_mean"])  # a diverged model's "recall" is not a measurement
+    assert result.all_diverged
+    text = summary_markdown(result.summary)
+    assert "| Diverged |" in text.splitlines()[0] and "| 1/1 | diverged |" in text
+
+
+def _run(name, seed, final, diverged=False, rise=None):
+    return RunResult(name, "T=5", name, seed, 100, 3200, 1.0, 1, final, 20, 1.0, 20, [], diverged=diverged,
+                     diverged_at=20 if diverged else None, tail_loss_rise=rise)
+
+
+def _finals(recall_tail, recall_head=0.9):
+    return {"recall_tail": recall_tail, "recall_head": recall_head, "f1_tail": recall_tail,
+            "recall_worst": recall_tail, "loss_tail": 1.0}
+
+
+def test_a_diverged_strategy_never_wins_a_verdict():
+    runs = [_run("upsample", s, _finals(0.9), diverged=True) for s in range(3)]
+    runs += [_run("upweight", s, _finals(0.5)) for s in range(3)]
+    lines = verdict(summarize(runs), runs)
+    assert "upsample in 3/3 seeds" in lines[1]
+    assert "upweight is the one that trains: upsample diverged in every seed." in lines[2]
+    assert not any("upsample is better" in line for line in lines)
+    # Diverged in one seed of three, ahead on the other two: still no win.
+    runs = [_run("upsample", s, _finals(0.9 + 0.01 * s), diverged=s == 0) for s in range(3)]
+    runs += [_run("upweight", s, _finals(0.5)) for s in range(3)]
+    lines = verdict(summarize(runs), runs)
+    tail = next(line for line in lines if line.startswith("  tail recall"))
+    assert "upsample ahead by" in tail and "on the 2 seeds where both trained" in tail and "no win" in tail
+
+
+def test_the_table_says_diverged_instead_of_a_constant_prediction_s_recall():
+    runs = [_run("upsample", 0, _finals(0.1, recall_head=1.0), diverged=True), _run("upweight", 0, _finals(0.5))]
+    from rich.console import Console
+
+    console = Console(width=300, record=True)
+    console.print(summary_table(summarize(runs)))
+    text = console.export_text()
+    assert "Diverged" in text and "diverged" in text.split("upsample")[1].splitlines()[0]
+    assert "1.000" not in text
+
+
+# ------------------------------------------------------------------ paired statistics
+def test_verdict_pairs_the_seeds_and_uses_the_t_quantile():
+    # Seeds differ a lot from each other, upsample beats upweight by 0.02 in every seed: only pairing sees it.
+    base = [0.5, 0.7, 0.9]
+    runs = [_run("upsample", s, _finals(b + 0.02 + 0.001 * s)) for s, b in enumerate(base)]
+    runs += [_run("upweight", s, _finals(b)) for s, b in enumerate(base)]
+    stat = paired_difference(runs, "upsample", "upweight", "recall_tail")
+    assert stat["pairs"] == 3 and stat["t_quantile"] == pytest.approx(4.303, abs=1e-3)
+    assert stat["difference"] == pytest.approx(0.021)
+    line = next(x for x in verdict(summarize(runs), runs) if x.startswith("  tail recall"))
+    assert line.startswith("  tail recall: upsample is better by 0.021 (95% CI")
+    # Paired differences 0.02, 0.04, 0.09: more than 2 standard errors from 0, not more than t(0.975, 2) = 4.30.
+    diffs = [0.02, 0.04, 0.09]
+    runs = [_run("upsample", s, _finals(b + d)) for s, (b, d) in enumerate(zip(base, diffs, strict=True))]
+    runs += [_run("upweight", s, _finals(b)) for s, b in enumerate(base)]
+    stat = paired_difference(runs, "upsample", "upweight", "recall_tail")
+    assert 2 * stat["standard_error"] < stat["difference"] < stat["t_quantile"] * stat["standard_error"]
+    line = next(x for x in verdict(summarize(runs), runs) if x.startswith("  tail recall"))
+    assert line.startswith("  tail recall: no clear difference (+0.050, 95% CI")
+
+
+def test_smoothed_rise_separates_noise_from_a_trend():
+    noisy = [3.0, 2.0, 1.0, 1.1, 0.9, 1.1, 0.9, 1.1, 0.9, 1.1]
+    assert noisy[-1] - min(noisy) == pytest.approx(0.2)  # the raw rise of a flat, noisy curve
+    assert smoothed_rise(noisy) < 0.05
+    assert smoothed_rise([3.0, 2.0, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2, 2.4]) == pytest.approx(0.6)
+    assert math.isnan(smoothed_rise([math.nan]))
 
 
 # ------------------------------------------------------------------ errors
@@ -329,6 +510,94 @@ def test_output_directory_that_cannot_be_written(tmp_path):
         check_output_dir(blocker / "runs", create=False)
     assert check_output_dir(tmp_path / "later" / "dir", create=False) == tmp_path / "later" / "dir"
     assert not (tmp_path / "later").exists()
+
+
+# ------------------------------------------------------------------ dict batches
+@pytest.mark.parametrize("model", [DictModel, DictLogitsModel])
+def test_dict_batches(model):
+    result = compare(ComponentSpec(DictDigits), ComponentSpec(model, {}, "--model"),
+                     runs=default_runs(only=["upweight"]), settings=CompareSettings(seeds=[0], **TINY), progress=False)
+    (run,) = result.runs
+    assert [p["step"] for p in run.curve] == [3, 6] and not run.diverged
+    assert 0 <= run.final["recall_macro"] <= 1 and math.isfinite(run.final["loss_all"])
+
+
+def test_dict_batches_with_unknown_keys_say_what_validation_step_must_return():
+    with pytest.raises(ConfigurationError, match=r"`--model` .*OddKeyModel: cannot find the labels of a validation"
+                                                 r" batch of type dict \(its keys: \['digit', 'pixels'\]\)\."
+                                                 r" `validation_step` should return \{'preds': logits"):
+        compare(ComponentSpec(OddKeyDigits), ComponentSpec(OddKeyModel, {}, "--model"),
+                runs=default_runs(only=["natural"]), settings=CompareSettings(seeds=[0], **TINY), progress=False)
+
+
+def test_the_default_model_refuses_dict_batches_before_training():
+    with pytest.raises(ConfigurationError, match=r"yields mappings \(keys \['x', 'y'\]\), but the default model"):
+        compare(ComponentSpec(DictDigits), runs=default_runs(only=["natural"]),
+                settings=CompareSettings(seeds=[0], **TINY), progress=False)
+
+
+# ------------------------------------------------------------------ interruption
+def test_an_interrupted_comparison_keeps_its_finished_runs():
+    InterruptedModel.built = 0
+    handler = signal.getsignal(signal.SIGINT)
+    written = []
+    result = compare(ComponentSpec(SmallDigits), ComponentSpec(InterruptedModel, {}, "--model"),
+                     runs=default_runs(only=["natural", "upweight"]), settings=CompareSettings(seeds=[0], **TINY),
+                     progress=False, on_run=written.append)
+    assert not result.complete
+    assert [run.name for run in result.runs] == ["natural"]
+    assert result.settings["interrupted"] == "upweight seed 0"
+    assert (result.settings["runs_finished"], result.settings["runs_planned"]) == (1, 2)
+    assert [len(w.runs) for w in written] == [1] and not written[0].complete  # written as it finished
+    assert signal.getsignal(signal.SIGINT) is handler  # Lightning's "ignore Ctrl-C" does not outlive the run
+
+
+# ------------------------------------------------------------------ Trainer settings
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(max_epochs=3), r"Cannot honour the Trainer argument `trainer.max_epochs`=3 .* give `max_steps`"),
+        (dict(max_time="00:01:00:00"), r"`trainer.max_time`"),
+        (dict(limit_train_batches=0.5), r"`trainer.limit_train_batches`=0.5"),
+        (dict(fast_dev_run=True), r"`trainer.fast_dev_run`=True .* --quick"),
+        (dict(check_val_every_n_epoch=1), r"`trainer.check_val_every_n_epoch`=1 .* set it to null"),
+        (dict(max_steps=5), r"`trainer_kwargs` sets `max_steps`=5: the runner sets it from `max_steps`"),
+        (dict(accumulate_grad_batches=0), r"`accumulate_grad_batches` to be a positive integer, but got 0"),
+    ],
+)
+def test_trainer_settings_a_comparison_cannot_honour_are_refused(kwargs, match):
+    with pytest.raises(ConfigurationError, match=match):
+        CompareSettings(trainer_kwargs=kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(devices=0), r"Expected `--devices` to be a positive number of devices, -1 \(all\), 'auto' or device"
+                          r" ids such as '0,1', but got 0"),
+        (dict(devices="0"), r"but got '0'"),
+        (dict(accelerator="tpu"), r"`--accelerator` 'tpu' is not available on this machine \(available: \["),
+        (dict(accelerator="abacus"), r"Expected `--accelerator` to be one of"),
+        (dict(precision="7"), r"Expected `--precision` to be one of .* but got '7'. Give e.g. --precision 32-true"),
+        (dict(num_nodes=0), r"Expected `--num_nodes` to be a positive number of machines"),
+        (dict(gradient_clip=1.0), r"`--gradient_clip` is not a Trainer argument"),
+    ],
+)
+def test_hardware_settings_are_checked(kwargs, match):
+    with pytest.raises(ConfigurationError, match=match):
+        check_trainer_arguments(kwargs, {key: f"--{key}" for key in kwargs})
+    check_trainer_arguments({"devices": "0,1", "accelerator": "cpu", "precision": "bf16-mixed", "num_nodes": 1})
+
+
+def test_a_negative_learning_rate_of_the_default_model_is_refused_before_training():
+    settings = CompareSettings(seeds=[0], **TINY)
+    model = ComponentSpec(MLPClassifier, {"lr": -1.0}, "--model", size_from_data=True)
+    checked = []
+    with pytest.raises(ConfigurationError, match=r"`--model` MLPClassifier.configure_optimizers\(\) refused its"
+                                                 r" settings: Invalid learning rate: -1.0. Check --model-args"):
+        compare(ComponentSpec(SmallDigits), model, runs=default_runs(only=["natural"]), settings=settings,
+                progress=False, on_checked=lambda: checked.append(True))
+    assert not checked
 
 
 def test_saln_run_trains_on_the_kept_samples():

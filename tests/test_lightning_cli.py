@@ -1,9 +1,13 @@
 """BalancedDataModule is configured from a LightningCLI YAML: strategy, schedule class, batch size, seed."""
 
+import sys
+
 import pytest
+import torch
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_balance import Cooldown, LinearRamp
+from lightning_balance.cli import main
 from lightning_balance.datasets import LongTailDigits
 from lightning_balance.models import MLPClassifier
 
@@ -58,3 +62,55 @@ def test_command_line_overrides(tmp_path):
 def test_unknown_strategy_from_yaml_is_rejected():
     with pytest.raises(SystemExit):
         _cli(["--data.strategy", "oversample"])
+
+
+# ------------------------------------------------------------------ `lightning-balance fit`: imports and threads
+FIT_ARGS = ["--trainer.max_steps=2", "--trainer.limit_val_batches=0", "--trainer.logger=false",
+            "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false", "--data", "lightning_balance.datasets.LongTailDigits",
+            "--data.batch_size=8"]
+
+MODULE = """
+from lightning_balance.models import MLPClassifier
+
+
+class LocalModel(MLPClassifier):
+    pass
+"""
+
+
+@pytest.fixture
+def _console(monkeypatch, tmp_path):
+    """As the installed script runs: the current directory is not on sys.path, and sys.argv is the command's."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    monkeypatch.setattr(sys, "argv", ["lightning-balance"])
+
+
+@pytest.mark.usefixtures("_console")
+def test_fit_imports_a_model_from_the_current_directory_as_compare_does(tmp_path):
+    (tmp_path / "local_fit_model.py").write_text(MODULE)
+    try:
+        assert main(["fit", "--model", "local_fit_model.LocalModel", f"--trainer.default_root_dir={tmp_path}",
+                     *FIT_ARGS]) == 0
+    finally:
+        sys.modules.pop("local_fit_model", None)
+
+
+@pytest.mark.usefixtures("_console")
+def test_threads_applies_to_fit(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    assert main(["fit", "--threads", "3", "--model", "lightning_balance.models.MLPClassifier",
+                 f"--trainer.default_root_dir={tmp_path}", *FIT_ARGS]) == 0
+    assert calls == [3]
+    assert main(["validate", "--threads=2", "--model", "lightning_balance.models.MLPClassifier",
+                 f"--trainer.default_root_dir={tmp_path}", *FIT_ARGS]) == 0
+    assert calls == [3, 2]
+
+
+@pytest.mark.usefixtures("_console")
+def test_threads_of_fit_are_checked(capsys):
+    assert main(["fit", "--threads", "0"]) == 2
+    assert "lightning-balance fit: error: Expected `--threads` to be a positive number of CPU threads, but got 0." in (
+        capsys.readouterr().err)

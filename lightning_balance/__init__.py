@@ -3,7 +3,13 @@
 from lightning_balance.callbacks.adaptive_mixing import AdaptiveMixing
 from lightning_balance.callbacks.saln import SALN
 from lightning_balance.callbacks.tail_recall_monitor import TailRecallMonitor
-from lightning_balance.datamodule import BalancedDataModule, IndexedBatch, Reordered, balanced_loss
+from lightning_balance.datamodule import (
+    BalancedDataModule,
+    IndexedBatch,
+    Reordered,
+    balanced_cross_entropy,
+    balanced_loss,
+)
 from lightning_balance.functional.spectral import spectral_scores
 from lightning_balance.functional.tail_recall import long_tail_split
 from lightning_balance.mixture import Mixture
@@ -35,6 +41,7 @@ __all__ = [
     "TailRecall",
     "TailRecallMonitor",
     "TemperatureSampler",
+    "balanced_cross_entropy",
     "balanced_loss",
     "long_tail_split",
     "resolve_temperature",

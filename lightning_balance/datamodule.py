@@ -39,10 +39,16 @@ from lightning_balance.schedules import constant_runs, is_schedule, resolve_temp
 from lightning_balance.temperature import _validate_temperature, scalarization_weights, unimax_probs
 from lightning_balance.weighting import Normalization, weighted_mean
 
-__all__ = ["BalancedDataModule", "IndexedBatch", "Reordered", "balanced_loss"]
+__all__ = ["BalancedDataModule", "IndexedBatch", "Reordered", "balanced_cross_entropy", "balanced_loss"]
 
-Strategy = Literal["natural", "upsample", "upweight", "unimax"]
-_STRATEGIES = ("natural", "upsample", "upweight", "unimax")
+Strategy = Literal[
+    "natural", "upsample", "upweight", "unimax", "class_balanced", "drw", "logit_adjust", "logit_adjust_posthoc"
+]
+_STRATEGIES = (
+    "natural", "upsample", "upweight", "unimax", "class_balanced", "drw", "logit_adjust", "logit_adjust_posthoc"
+)
+# Strategies whose weights or logit shifts come from per-class counts: the groups must be the labels.
+_CLASS_STRATEGIES = ("class_balanced", "drw", "logit_adjust", "logit_adjust_posthoc")
 
 
 _UNWRAP_HINT = (
@@ -240,7 +246,12 @@ class BalancedDataModule(LightningDataModule):
         strategy: ``"natural"`` samples every example equally often (temperature 1, no weights);
             ``"upsample"`` draws groups with :math:`p_i \propto n_i^{1/T}`; ``"upweight"`` samples naturally
             and scales each sample's loss by :math:`p_i(T)/p_i(1)`; ``"unimax"`` spreads the run's samples uniformly
-            over groups, capping each at ``max_group_epochs`` passes over its data (Chung et al., 2023).
+            over groups, capping each at ``max_group_epochs`` passes over its data (Chung et al., 2023). The loss-side
+            baselines sample naturally: ``"class_balanced"`` weights the loss by Cui et al.'s class-balanced weights
+            (``beta``); ``"drw"`` switches those weights on for the last ``1 - drw_start`` of training (deferred
+            re-weighting); ``"logit_adjust"`` trains on Menon et al.'s logit-adjusted loss and
+            ``"logit_adjust_posthoc"`` trains plainly and adjusts the logits at prediction (``tau``), both through
+            :func:`balanced_cross_entropy` and :meth:`prediction_logits`. These need the groups to be the labels.
         temperature: ``T`` (a float; ``float("inf")`` is uniform over groups) or a schedule
             ``schedule(progress) -> T`` such as :class:`~lightning_balance.Cooldown`, evaluated at every optimizer
             step with progress = step / the run's optimizer steps. Cooldown as in the paper is
@@ -264,6 +275,9 @@ class BalancedDataModule(LightningDataModule):
             a few draws of each group's quota; ``"iid"`` draws every sample's group independently, the setting of
             the paper's analysis.
         max_group_epochs: UniMax's cap, in passes over a group's data (only with ``strategy="unimax"``).
+        beta: the class-balanced loss's :math:`\beta` (``"class_balanced"`` and ``"drw"``).
+        tau: the logit adjustment's :math:`\tau` (``"logit_adjust"`` and ``"logit_adjust_posthoc"``).
+        drw_start: the fraction of training after which ``"drw"`` turns the class-balanced weights on.
 
     The training data is either ``self.train_dataset`` with a group id per example (see :meth:`train_groups`), or
     ``self.train_sources``, a mapping from group name to one map-style dataset per group (a torch ``Dataset``, a
@@ -303,6 +317,9 @@ class BalancedDataModule(LightningDataModule):
         persistent_workers: bool = False,
         order: Optional[Order] = None,
         max_group_epochs: float = 1.0,
+        beta: float = 0.9999,
+        tau: float = 1.0,
+        drw_start: float = 0.8,
     ) -> None:
         super().__init__()
         if strategy not in _STRATEGIES:
@@ -368,6 +385,12 @@ class BalancedDataModule(LightningDataModule):
                 f"Expected argument `max_group_epochs` to be a positive number of passes, but got {max_group_epochs!r}."
             )
         self.max_group_epochs = float(max_group_epochs)
+        from lightning_balance.losses import _check_beta, _check_tau
+        from lightning_balance.schedules import _fraction
+
+        self.beta = _check_beta(beta)
+        self.tau = _check_tau(tau)
+        self.drw_start = _fraction(drw_start, "drw_start", "the fraction of training in [0, 1] after which to re-weight")
         self.order: Order = order or ("stratified" if strategy in ("upsample", "unimax") else "epoch")
 
         # Whether the groups are the class labels, so that `group_counts` are class counts too (as tail metrics
@@ -538,10 +561,17 @@ class BalancedDataModule(LightningDataModule):
         A copy is kept per temperature and device, so a training step copies nothing to the accelerator.
         """
         t = self.current_temperature() if self.strategy == "upweight" else 1.0
-        key = (t, str(device) if device is not None else "cpu")
+        reweight = self.strategy == "class_balanced" or (
+            self.strategy == "drw" and self.current_progress() >= self.drw_start
+        )
+        key = (t if not reweight else -1.0, str(device) if device is not None else "cpu")
         weights = self._weights_cache.get(key)
         if weights is None:
-            if self.strategy == "upweight":
+            if reweight:
+                from lightning_balance.losses import class_balanced_weights
+
+                weights = class_balanced_weights(self.group_counts, self.beta)
+            elif self.strategy == "upweight":
                 weights = scalarization_weights(self.group_counts, t)
             else:
                 weights = torch.ones(self.num_groups, dtype=torch.float64)
@@ -574,7 +604,7 @@ class BalancedDataModule(LightningDataModule):
         if not training and groups is None:
             # Outside a training step (validation, a manual call) there are no weights to apply.
             return per_sample_loss.mean()
-        if self.strategy != "upweight" and self.policy_loss_weights is None:
+        if self.strategy not in ("upweight", "class_balanced", "drw") and self.policy_loss_weights is None:
             return per_sample_loss.mean()
         if groups is None:
             groups = self._batch_groups
@@ -598,6 +628,24 @@ class BalancedDataModule(LightningDataModule):
             scale = world / total.clamp_min(torch.finfo(per_sample_loss.dtype).tiny)
             return (per_sample_loss * weights.to(per_sample_loss.dtype)).sum() * scale
         return weighted_mean(per_sample_loss, weights, self.normalize)
+
+    def prediction_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits to predict with: adjusted by :math:`-\tau \log \pi` under ``logit_adjust_posthoc``."""
+        if self.strategy != "logit_adjust_posthoc":
+            return logits
+        from lightning_balance.losses import class_priors, posthoc_logit_adjustment
+
+        return posthoc_logit_adjustment(logits, class_priors(self.group_counts), self.tau)
+
+    def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-sample cross-entropy under the strategy (logit-adjusted under ``logit_adjust``), reduced."""
+        if self.strategy == "logit_adjust" and self._is_training():
+            from lightning_balance.losses import class_priors, logit_adjusted_cross_entropy
+
+            losses = logit_adjusted_cross_entropy(logits, target, class_priors(self.group_counts), self.tau)
+        else:
+            losses = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+        return self.reduce_loss(losses)
 
     def _is_training(self) -> bool:
         trainer = self._trainer_or_none()
@@ -678,9 +726,16 @@ class BalancedDataModule(LightningDataModule):
         if self.strategy != "natural" and is_schedule(self.temperature):
             self._total_steps = self._resolve_total_steps(num_samples // global_batch)
             self._temperature_runs = constant_runs(self.temperature, self._total_steps)
-        elif self.strategy == "unimax":
-            # UniMax spreads the run's budget, so it needs the run's length as a schedule does.
+        elif self.strategy in ("unimax", "drw"):
+            # UniMax spreads the run's budget and DRW switches late: both need the run's length, as a schedule does.
             self._total_steps = self._resolve_total_steps(num_samples // global_batch)
+        if self.strategy in _CLASS_STRATEGIES and not self.label_groups:
+            raise ValueError(
+                f"`strategy={self.strategy!r}` weights or shifts the loss per class, so the groups must be the class"
+                " labels, but this DataModule's groups are not (a `groups` attribute, `train_sources` or an overridden"
+                " `train_groups()`). Use 'upsample', 'upweight' or 'unimax' for groups that are not labels, or set"
+                " `self.label_groups = True` in `train_groups()` if they are the labels."
+            )
         mixture = self._build_mixture()
         if self._sources_dataset is not None:
             self.sampler = MixtureSampler(mixture, num_samples=num_samples, num_replicas=world, rank=rank)
@@ -985,6 +1040,26 @@ def _optional_int(value: Any, name: str, *, minimum: int) -> Optional[int]:
         kind = "a positive integer" if minimum == 1 else "a non-negative integer"
         raise ValueError(f"Expected argument `{name}` to be {kind}, but got {value!r}.")
     return int(value)
+
+
+def balanced_cross_entropy(module: LightningModule, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of a batch under the DataModule's strategy, for the baselines that need the logits.
+
+    It is :func:`balanced_loss` of the per-sample cross-entropy, except under ``strategy="logit_adjust"``, where
+    the training loss is Menon et al.'s logit-adjusted cross-entropy. Without a :class:`BalancedDataModule` it is
+    the plain mean cross-entropy.
+
+    Example:
+        >>> class Classifier(LightningModule):  # doctest: +SKIP
+        ...     def training_step(self, batch, batch_idx):
+        ...         x, y = batch
+        ...         return balanced_cross_entropy(self, self(x), y)
+    """
+    trainer = getattr(module, "_trainer", None)
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    if isinstance(datamodule, BalancedDataModule):
+        return datamodule.cross_entropy(logits, target)
+    return torch.nn.functional.cross_entropy(logits, target)
 
 
 def balanced_loss(

@@ -327,8 +327,13 @@ def verdict(summary: Sequence[Mapping[str, Any]], runs: Sequence[RunResult] = ()
         if row.get("diverged", 0) >= row["seeds"]:
             lines.append(f"  {other} is the one that trains: {name} diverged in every seed.")
             return lines
-    for metric, words in (("recall_tail", "tail recall"), ("recall_head", "head recall"), ("f1_tail", "tail F1"),
-                          ("recall_worst", "worst-class recall")):
+    metrics = (("recall_tail", "tail recall"), ("recall_head", "head recall"), ("f1_tail", "tail F1"),
+               ("recall_worst", "worst-class recall"))
+    if not runs:
+        lines.append("  (the metrics are compared seed by seed: pass the runs too,"
+                     " verdict(result.summary, result.runs))")
+        metrics = ()
+    for metric, words in metrics:
         stat = paired_difference(runs, "upsample", "upweight", metric)
         text = _compare_words(stat, "upsample", "upweight")
         leader = "upsample" if stat["difference"] > 0 else "upweight"

@@ -651,3 +651,10 @@ def test_domain_groups_are_refused_with_a_clear_error():
 
     with pytest.raises(ConfigurationError, match="not the class labels"):
         check_datamodule(Domains())
+
+
+def test_verdict_without_the_runs_says_it_needs_them():
+    runs = [_run(name, s, _finals(0.5)) for name in ("upsample", "upweight") for s in range(2)]
+    lines = verdict(summarize(runs))
+    assert "pass the runs too, verdict(result.summary, result.runs)" in lines[1]
+    assert not any(line.startswith("  tail recall") for line in lines)

@@ -100,8 +100,7 @@ def _write_litdata(root) -> None:
 
 
 def _litdata_sources(root) -> dict:
-    import litdata
-
+    litdata = pytest.importorskip("litdata")
     _write_litdata(root)
     return map_style_sources({name: litdata.StreamingDataset(os.path.join(root, name)) for name in SIZES})
 

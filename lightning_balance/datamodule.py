@@ -117,10 +117,13 @@ class _SourcesDataset(Dataset):
     """
 
     def __init__(self, sources: Mapping[str, Any]) -> None:
+        from lightning_balance.sources import map_style
+
         self.names = list(sources)
-        self.sources = list(sources.values())
+        # Every process must see every source's full length (a LitData StreamingDataset reports its rank's share).
+        self.sources = [map_style(source) for source in sources.values()]
         sizes = []
-        for name, source in sources.items():
+        for name, source in zip(self.names, self.sources):
             try:
                 sizes.append(len(source))
             except TypeError as err:

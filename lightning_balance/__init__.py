@@ -1,6 +1,7 @@
 """Balanced training on heavily imbalanced, long-tailed data with PyTorch Lightning."""
 
 from lightning_balance.callbacks.adaptive_mixing import AdaptiveMixing
+from lightning_balance.callbacks.mixture_monitor import MixtureMonitor
 from lightning_balance.callbacks.saln import SALN
 from lightning_balance.callbacks.tail_recall_monitor import TailRecallMonitor
 from lightning_balance.datamodule import (
@@ -36,6 +37,7 @@ __all__ = [
     "IndexedBatch",
     "LinearRamp",
     "Mixture",
+    "MixtureMonitor",
     "MixtureSampler",
     "Reordered",
     "TailRecall",

@@ -200,8 +200,11 @@ class AdaptiveMixing(Callback):
                 values[f"mixing/w_{name}"] = float(weights[g])
             if signals.val_loss is not None and not torch.isnan(signals.val_loss[g]):
                 values[f"mixing/val_loss_{name}"] = float(signals.val_loss[g])
-        # The values are the same on every rank: no reduction needed.
-        pl_module.log_dict(values, rank_zero_only=True)
+        # Straight to the loggers, as LearningRateMonitor does: on the steps asked for, whatever
+        # `Trainer(log_every_n_steps)` is; the values are the same on every rank and loggers write on rank 0 only.
+        trainer = pl_module.trainer
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=trainer.global_step)
 
     # ------------------------------------------------------------------ state
     @override

@@ -146,6 +146,49 @@ class _SourcesDataset(Dataset):
     def groups_of(self, indices: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(np.searchsorted(self.offsets, indices.numpy(), side="right") - 1)
 
+    @classmethod
+    def of_sizes(cls, names: list[str], sizes: list[int]) -> _SourcesDataset:
+        """The index layout of streams: offsets only, no items (streams are read by :class:`_StreamDataset`)."""
+        layout = cls.__new__(cls)
+        layout.names, layout.sources = list(names), []
+        layout.sizes = np.asarray(sizes, dtype=np.int64)
+        layout.offsets = np.concatenate([[0], np.cumsum(layout.sizes)]).astype(np.int64)
+        layout._bounds = layout.offsets[1:].tolist()
+        return layout
+
+
+class _GroupSampler(MixtureSampler):
+    """A :class:`MixtureSampler` that yields the group of each of its positions (streams pick the sample)."""
+
+    def _indices(self, start: int, stop: int) -> torch.Tensor:
+        return self.mixture.groups(start, stop)
+
+
+class _StreamDataset(torch.utils.data.IterableDataset):
+    """This rank's training samples from one stream per group: the group sequence from the mixture, each stream
+    consumed in order. Yields ``(virtual index, sample)``: the index lies in the group's range, for the collate."""
+
+    def __init__(self, datamodule: BalancedDataModule) -> None:
+        self.datamodule = datamodule
+
+    def __len__(self) -> int:
+        sampler = self.datamodule.sampler
+        assert sampler is not None
+        return len(sampler)
+
+    def __iter__(self) -> Any:
+        dm = self.datamodule
+        sampler, streams, layout = dm.sampler, dm._streams, dm._sources_dataset
+        assert sampler is not None and streams is not None and layout is not None
+        start = sampler.position
+        if getattr(streams, "mark", None) != start:
+            # A resume, or a fresh run: bring every stream to what this rank consumed before `start`.
+            streams.restart(dm._stream_counts_before(start))
+        for group in sampler:
+            item = streams.next(group)
+            streams.mark = sampler.position
+            yield int(layout.offsets[group]) + (streams.consumed[group] - 1) % int(layout.sizes[group]), item
+
 
 class _IndexedCollate:
     """Collate the samples with the user's ``collate_fn``; the indices and their group ids into LongTensors.
@@ -401,6 +444,8 @@ class BalancedDataModule(LightningDataModule):
         self.label_groups: Optional[bool] = None
         self.train_dataset: Optional[Dataset] = None
         self.train_sources: Optional[Mapping[str, Any]] = None
+        # Sizes of the `train_sources` streams that have no length (the mixture needs every group's size).
+        self.train_source_sizes: Optional[Mapping[str, int]] = None
         self.val_dataset: Optional[Dataset] = None
         self.test_dataset: Optional[Dataset] = None
         self.collate_fn: Optional[Callable[[list[Any]], Any]] = None
@@ -411,6 +456,7 @@ class BalancedDataModule(LightningDataModule):
         self._group_ids: Optional[torch.Tensor] = None
         self._groups_digest: Optional[str] = None
         self._sources_dataset: Optional[_SourcesDataset] = None
+        self._streams: Optional[Any] = None  # StreamSources, when every source can only be iterated
         self._total_steps: Optional[int] = None  # optimizer steps over the run, for schedules
         self._num_samples: Optional[int] = None  # global samples per epoch
         self._temperature_runs: Optional[tuple[np.ndarray, list[float]]] = None
@@ -498,7 +544,21 @@ class BalancedDataModule(LightningDataModule):
         if sources is not None:
             key: tuple[Any, ...] = ("sources", id(sources), tuple(id(v) for v in sources.values()))
             if key != self._groups_key:
-                dataset = _SourcesDataset(sources)
+                from lightning_balance.sources import StreamSources, is_stream
+
+                streams = [is_stream(source) for source in sources.values()]
+                if any(streams) and not all(streams):
+                    names = [name for name, stream in zip(sources, streams) if stream]
+                    raise ValueError(
+                        f"`train_sources` mixes streams ({names}) with datasets read by index. Give every group as a"
+                        " map-style dataset, or every group as a stream."
+                    )
+                if all(streams):
+                    self._streams = StreamSources(sources, self.train_source_sizes)
+                    dataset = _SourcesDataset.of_sizes(self._streams.names, self._streams.sizes)
+                else:
+                    self._streams = None
+                    dataset = _SourcesDataset(sources)
                 if len(dataset) == 0:
                     raise ValueError("Every dataset in `train_sources` is empty; give at least one example.")
                 self._sources_dataset = dataset
@@ -740,6 +800,8 @@ class BalancedDataModule(LightningDataModule):
                 " `self.label_groups = True` in `train_groups()` if they are the labels."
             )
         mixture = self._build_mixture()
+        if self._streams is not None:
+            return self._stream_dataloader(mixture, num_samples, world, rank)
         if self._sources_dataset is not None:
             self.sampler = MixtureSampler(mixture, num_samples=num_samples, num_replicas=world, rank=rank)
             sources = self._sources_dataset
@@ -765,6 +827,40 @@ class BalancedDataModule(LightningDataModule):
             persistent_workers=self.persistent_workers,
             drop_last=True,
         )
+
+    def _stream_dataloader(self, mixture: Mixture, num_samples: int, world: int, rank: int) -> DataLoader:
+        if self.num_workers:
+            raise ValueError(
+                f"Streams in `train_sources` are read in the main process, in the order the mixture draws them, but"
+                f" got num_workers={self.num_workers}. Use num_workers=0 (the streams may load in background threads"
+                " of their own), or give map-style datasets."
+            )
+        self.sampler = _GroupSampler(mixture, num_samples=num_samples, num_replicas=world, rank=rank)
+        if self._pending_sampler_state is not None:
+            self._load_sampler_state(self._pending_sampler_state)
+            self._pending_sampler_state = None
+        assert self._sources_dataset is not None
+        return _ResumableDataLoader(
+            _StreamDataset(self),
+            datamodule=self,
+            batch_size=self.batch_size,
+            collate_fn=_IndexedCollate(self.collate_fn, self._sources_dataset.groups_of, check_labels=False),
+            pin_memory=self.pin_memory,
+            drop_last=True,
+        )
+
+    def _stream_counts_before(self, start: int) -> list[int]:
+        """Samples of every group this rank took before global position ``start`` (same world size)."""
+        assert self.sampler is not None
+        world, rank = self._world()
+        counts = np.zeros(self.num_groups, dtype=np.int64)
+        chunk = (1 << 20) * world
+        phase = (start + rank) % world
+        for lo in range(0, start, chunk):
+            hi = min(lo + chunk, start)
+            groups = self.sampler.mixture.groups(lo, hi).numpy()
+            counts += np.bincount(groups[(phase - lo) % world :: world], minlength=self.num_groups)
+        return counts.tolist()
 
     def _build_mixture(self) -> Mixture:
         sizes = self.group_counts

@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import operator
 import sys
 from collections.abc import Mapping
@@ -35,7 +36,7 @@ from typing import Any
 
 from torch.utils.data import Dataset, IterableDataset
 
-__all__ = ["LitDataSource", "map_style", "map_style_sources"]
+__all__ = ["LitDataSource", "map_style", "map_style_sources", "is_stream", "StreamSources"]
 
 
 class LitDataSource(Dataset):
@@ -93,9 +94,9 @@ def map_style(dataset: Any) -> Any:
     if isinstance(dataset, IterableDataset) or not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
         raise TypeError(
             f"Expected a map-style dataset (a length and items by index), but got {type(dataset).__name__}."
-            " A training source is one dataset per group read by index; a stream or a mixture of streams cannot"
-            " be one. Give one map-style dataset per group (e.g. one litdata.StreamingDataset per folder written"
-            " by litdata.optimize, or datasets.load_from_disk per group)."
+            " A training source read by index is one map-style dataset per group (e.g. one litdata.StreamingDataset"
+            " per folder written by litdata.optimize, or datasets.load_from_disk per group); a mixture of streams"
+            " cannot be one. Streams are accepted too when every group is one (see `StreamSources`)."
         )
     return dataset
 
@@ -103,3 +104,88 @@ def map_style(dataset: Any) -> Any:
 def map_style_sources(sources: Mapping[str, Any]) -> dict[str, Any]:
     """:func:`map_style` applied to every dataset of a ``{group name: dataset}`` mapping, in its order."""
     return {name: map_style(dataset) for name, dataset in sources.items()}
+
+
+def is_stream(dataset: Any) -> bool:
+    """Whether ``dataset`` can only be iterated (a streaming Hugging Face ``IterableDataset``, a torch
+    ``IterableDataset``, a webdataset pipeline), not read by index."""
+    if isinstance(dataset, LitDataSource) or _is_litdata_streaming(dataset):
+        return False
+    return isinstance(dataset, IterableDataset) or (
+        hasattr(dataset, "__iter__") and not hasattr(dataset, "__getitem__")
+    )
+
+
+class StreamSources:
+    """One stream per group, each consumed in order: the mixture decides which stream the next sample comes from.
+
+    A stream that runs out starts its next pass (calling its ``set_epoch(pass)`` first when it has one, so a
+    shuffled Hugging Face ``IterableDataset`` reshuffles). On a resume, every stream is brought back to its count
+    by reading past the samples already consumed (``skip`` when the stream has one): the group sequence is a pure
+    function of the position, so the counts are computed, not stored.
+
+    Args:
+        sources: ``{group name: iterable}``.
+        sizes: ``{group name: examples}`` for the streams without a length (the mixture's group sizes).
+    """
+
+    def __init__(self, sources: Mapping[str, Any], sizes: Mapping[str, int] | None = None) -> None:
+        self.names = list(sources)
+        self.streams = list(sources.values())
+        given = dict(sizes or {})
+        found = []
+        for name, stream in sources.items():
+            if name in given:
+                size = given[name]
+            else:
+                try:
+                    size = len(stream)
+                except TypeError:
+                    raise ValueError(
+                        f"The stream {name!r} of `train_sources` ({type(stream).__name__}) has no length, and the"
+                        " mixture needs every group's size. Give it in `train_source_sizes = {name: examples}` (for a"
+                        " Hugging Face dataset, `info.splits[split].num_examples`)."
+                    ) from None
+            if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+                raise ValueError(f"Expected the size of stream {name!r} to be a positive integer, but got {size!r}.")
+            found.append(size)
+        self.sizes = found
+        self._iterators: list[Any] = [None] * len(self.streams)
+        self._passes = [0] * len(self.streams)
+        self.consumed = [0] * len(self.streams)
+
+    def restart(self, counts: list[int]) -> None:
+        """Bring every stream to ``counts[g]`` samples consumed (from the start of the run)."""
+        for g in range(len(self.streams)):
+            self._iterators[g], self._passes[g], self.consumed[g] = None, 0, 0
+            left = int(counts[g])
+            while left > 0:
+                iterator = self._open(g)
+                taken = sum(1 for _ in itertools.islice(iterator, left))
+                self.consumed[g] += taken
+                left -= taken
+                if left > 0:
+                    # That pass ran out before the count: the next one starts.
+                    self._iterators[g] = None
+                    self._passes[g] += 1
+
+    def _open(self, g: int) -> Any:
+        if self._iterators[g] is None:
+            stream = self.streams[g]
+            if hasattr(stream, "set_epoch"):
+                stream.set_epoch(self._passes[g])
+            self._iterators[g] = iter(stream)
+        return self._iterators[g]
+
+    def next(self, g: int) -> Any:
+        """The next sample of stream ``g``."""
+        for _ in range(2):
+            try:
+                item = next(self._open(g))
+            except StopIteration:
+                self._iterators[g] = None
+                self._passes[g] += 1
+                continue
+            self.consumed[g] += 1
+            return item
+        raise ValueError(f"The stream {self.names[g]!r} of `train_sources` yields no sample.")

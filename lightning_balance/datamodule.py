@@ -123,7 +123,7 @@ class _SourcesDataset(Dataset):
         # Every process must see every source's full length (a LitData StreamingDataset reports its rank's share).
         self.sources = [map_style(source) for source in sources.values()]
         sizes = []
-        for name, source in zip(self.names, self.sources):
+        for name, source in zip(self.names, self.sources, strict=True):
             try:
                 sizes.append(len(source))
             except TypeError as err:
@@ -166,7 +166,8 @@ class _GroupSampler(MixtureSampler):
 
 class _StreamDataset(torch.utils.data.IterableDataset):
     """This rank's training samples from one stream per group: the group sequence from the mixture, each stream
-    consumed in order. Yields ``(virtual index, sample)``: the index lies in the group's range, for the collate."""
+    consumed in order. Yields ``(virtual index, sample)``: the index lies in the group's range, for the collate.
+    """
 
     def __init__(self, datamodule: BalancedDataModule) -> None:
         self.datamodule = datamodule
@@ -436,7 +437,9 @@ class BalancedDataModule(LightningDataModule):
 
         self.beta = _check_beta(beta)
         self.tau = _check_tau(tau)
-        self.drw_start = _fraction(drw_start, "drw_start", "the fraction of training in [0, 1] after which to re-weight")
+        self.drw_start = _fraction(
+            drw_start, "drw_start", "the fraction of training in [0, 1] after which to re-weight"
+        )
         self.order: Order = order or ("stratified" if strategy in ("upsample", "unimax") else "epoch")
 
         # Whether the groups are the class labels, so that `group_counts` are class counts too (as tail metrics
@@ -548,7 +551,7 @@ class BalancedDataModule(LightningDataModule):
 
                 streams = [is_stream(source) for source in sources.values()]
                 if any(streams) and not all(streams):
-                    names = [name for name, stream in zip(sources, streams) if stream]
+                    names = [name for name, stream in zip(sources, streams, strict=True) if stream]
                     raise ValueError(
                         f"`train_sources` mixes streams ({names}) with datasets read by index. Give every group as a"
                         " map-style dataset, or every group as a stream."
@@ -567,18 +570,18 @@ class BalancedDataModule(LightningDataModule):
                 self.label_groups = False
                 self._groups_key = key
             return
-        dataset = self._require_train_dataset()
+        train_set = self._require_train_dataset()
         groups = self.train_groups()
         ids = torch.as_tensor(np.asarray(groups) if not isinstance(groups, torch.Tensor) else groups)
         # The same object may have been reshuffled in place, so the ids themselves are compared too.
-        key = ("dataset", id(dataset), len(ids))
+        key = ("dataset", id(train_set), len(ids))
         if key == self._groups_key and self._group_ids is not None and torch.equal(ids.long().cpu(), self._group_ids):
             return
         index = GroupIndex(groups)
-        if len(index) != len(dataset):  # type: ignore[arg-type]
+        if len(index) != len(train_set):  # type: ignore[arg-type]
             raise ValueError(
                 f"`train_groups()` returned {len(index)} group ids but the training set has"
-                f" {len(dataset)} examples; give exactly one group id per example."  # type: ignore[arg-type]
+                f" {len(train_set)} examples; give exactly one group id per example."  # type: ignore[arg-type]
             )
         changed = self._groups_key is not None
         self._sources_dataset = None
@@ -693,7 +696,7 @@ class BalancedDataModule(LightningDataModule):
         return weighted_mean(per_sample_loss, weights, self.normalize)
 
     def prediction_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """The logits to predict with: adjusted by :math:`-\tau \log \pi` under ``logit_adjust_posthoc``."""
+        r"""The logits to predict with: adjusted by :math:`-\tau \log \pi` under ``logit_adjust_posthoc``."""
         if self.strategy != "logit_adjust_posthoc":
             return logits
         from lightning_balance.losses import class_priors, posthoc_logit_adjustment
@@ -728,7 +731,8 @@ class BalancedDataModule(LightningDataModule):
 
     def track_group_losses(self, enabled: bool = True) -> None:
         """Keep per-group sums of the losses :func:`balanced_loss` reduces (training, and validation when the
-        groups are known: the labels, or ``groups=`` passed to :func:`balanced_loss`)."""
+        groups are known: the labels, or ``groups=`` passed to :func:`balanced_loss`).
+        """
         self._track_losses = bool(enabled)
 
     def pop_group_losses(self, split: str) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
@@ -871,7 +875,9 @@ class BalancedDataModule(LightningDataModule):
         probs = None
         if self.strategy == "unimax":
             assert self._total_steps is not None
-            probs = unimax_probs(sizes, budget=self._total_steps * step_size, max_epochs=self.max_group_epochs)
+            probs = unimax_probs(
+                sizes, budget=self._total_steps * step_size, max_epochs=self.max_group_epochs
+            ).tolist()
         return Mixture(
             sizes,
             self.temperature if upsample else 1.0,
@@ -945,7 +951,7 @@ class BalancedDataModule(LightningDataModule):
             indices, groups, batch = batch.indices, batch.groups, batch.batch
             kept = indices
             if trainer is not None and trainer.training:
-                for callback in trainer.callbacks:  # type: ignore[attr-defined]
+                for callback in trainer.callbacks:
                     transform = getattr(callback, "transform_train_batch", None)
                     if callable(transform):
                         batch, kept = transform(trainer, trainer.lightning_module, batch, kept)
@@ -975,7 +981,7 @@ class BalancedDataModule(LightningDataModule):
         if trainer is None:
             return None
         world, _ = self._world()
-        processed = trainer.fit_loop.epoch_loop.batch_progress.total.processed  # type: ignore[attr-defined]
+        processed = trainer.fit_loop.epoch_loop.batch_progress.total.processed
         # Batches since the restored checkpoint count at today's global batch, earlier ones at the saved position,
         # so resuming on another number of processes continues the same stream.
         resumed = self._resume_trainer is not None and self._resume_trainer() is trainer

@@ -58,7 +58,7 @@ def class_balanced_weights(counts: CountsLike, beta: float = 0.9999) -> torch.Te
 
 
 def class_priors(counts: CountsLike) -> torch.Tensor:
-    """The training label distribution :math:`\\pi_c = n_c / N` (float64)."""
+    r"""The training label distribution :math:`\pi_c = n_c / N` (float64)."""
     n = _validate_counts(counts)
     return n / n.sum()
 

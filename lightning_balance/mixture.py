@@ -342,7 +342,7 @@ class Mixture:
     @property
     def segments(self) -> list[tuple[int, float]]:
         """``(first optimizer step, temperature)`` of every constant-temperature run of the schedule."""
-        return [(int(s), t) for s, t in zip(self._run_steps.tolist(), self._run_temps)]
+        return [(int(s), t) for s, t in zip(self._run_steps.tolist(), self._run_temps, strict=True)]
 
     def step_of(self, position: int) -> int:
         """The optimizer step that global sample ``position`` belongs to."""
@@ -703,7 +703,8 @@ class Mixture:
             nonzero = np.flatnonzero(counts)
             rng = self._iid_rng(_TAG_IID_SPLIT, int(self._seg_starts[segment]), index, lo, hi)
             left = np.zeros_like(counts)
-            left[nonzero] = rng.multivariate_hypergeometric(counts[nonzero], (mid - lo) * _IID_BLOCK, method="marginals")
+            draws = (mid - lo) * _IID_BLOCK
+            left[nonzero] = rng.multivariate_hypergeometric(counts[nonzero], draws, method="marginals")
             if block < mid:
                 counts, hi = left, mid
             else:

@@ -91,6 +91,10 @@ def _feistel(x: np.ndarray, bits: np.ndarray, round_keys: list[np.ndarray]) -> n
     return x
 
 
+def _take(a: np.ndarray, where: np.ndarray) -> np.ndarray:
+    return a if a.ndim == 0 else a[where]
+
+
 def permute(index: ArrayLike, n: ArrayLike, key: ArrayLike) -> np.ndarray:
     """Position ``index`` of the permutation of ``[0, n)`` keyed by ``key``, elementwise.
 
@@ -131,12 +135,8 @@ def permute(index: ArrayLike, n: ArrayLike, key: ArrayLike) -> np.ndarray:
         n_flat, bits_flat, keys_flat = flat(n_arr), flat(bits), [flat(k) for k in keys]
         values = out.reshape(-1)
         while outside.size:
-
-            def take(a: np.ndarray) -> np.ndarray:
-                return a if a.ndim == 0 else a[outside]
-
-            walked = _feistel(values[outside], take(bits_flat), [take(k) for k in keys_flat])
+            walked = _feistel(values[outside], _take(bits_flat, outside), [_take(k, outside) for k in keys_flat])
             values[outside] = walked
-            outside = outside[walked >= take(n_flat)]
+            outside = outside[walked >= _take(n_flat, outside)]
         out = values.reshape(shape)
     return out

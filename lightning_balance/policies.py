@@ -98,7 +98,9 @@ def _observed(loss: torch.Tensor) -> torch.Tensor:
 
 
 class GroupDRO:
-    r"""Group DRO's online update: :math:`q_g \leftarrow q_g e^{\eta \ell_g}` normalised, loss :math:`\sum_g q_g \ell_g`.
+    r"""Group DRO's online update (Sagawa et al., ICLR 2020).
+
+    :math:`q_g \leftarrow q_g e^{\eta \ell_g}`, normalised; the loss is :math:`\sum_g q_g \ell_g`.
 
     The loss weights are :math:`q_g / p_g`, with :math:`p_g` the sampling probability in force, so that the batch
     mean of the weighted loss estimates :math:`\sum_g q_g L_g` whatever the sampling.

@@ -225,7 +225,8 @@ class MixtureSampler(DistributedSampler):
     @property
     def position(self) -> int:
         """The global position the stream continues from: where the next iterator starts, or how far the live one
-        has come (its next sample on this rank)."""
+        has come (its next sample on this rank).
+        """
         if self._position is not None:
             return self._position
         if self._epoch_set:

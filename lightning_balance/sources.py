@@ -108,7 +108,8 @@ def map_style_sources(sources: Mapping[str, Any]) -> dict[str, Any]:
 
 def is_stream(dataset: Any) -> bool:
     """Whether ``dataset`` can only be iterated (a streaming Hugging Face ``IterableDataset``, a torch
-    ``IterableDataset``, a webdataset pipeline), not read by index."""
+    ``IterableDataset``, a webdataset pipeline), not read by index.
+    """
     if isinstance(dataset, LitDataSource) or _is_litdata_streaming(dataset):
         return False
     return isinstance(dataset, IterableDataset) or (

@@ -168,7 +168,9 @@ def unimax_probs(counts: CountsLike, budget: float, max_epochs: float = 1.0) -> 
         budget_value = float(budget)
         cap = float(max_epochs)
     except (TypeError, ValueError) as err:
-        raise TypeError(f"Expected `budget` and `max_epochs` to be numbers, but got {budget!r}, {max_epochs!r}.") from err
+        raise TypeError(
+            f"Expected `budget` and `max_epochs` to be numbers, but got {budget!r}, {max_epochs!r}."
+        ) from err
     if not math.isfinite(budget_value) or budget_value <= 0:
         raise ValueError(f"Expected argument `budget` to be a positive number of samples, but got {budget!r}.")
     if not math.isfinite(cap) or cap <= 0:

@@ -37,7 +37,7 @@ def _collate(items):
     if isinstance(items[0], dict):
         return (torch.tensor([it["x"] for it in items]), torch.tensor([it["y"] for it in items]),
                 torch.tensor([it["serial"] for it in items]))
-    return tuple(torch.stack(column) for column in zip(*items))
+    return tuple(torch.stack(column) for column in zip(*items, strict=True))
 
 
 class Streams(BalancedDataModule):
@@ -59,14 +59,13 @@ class Recorder(ToyModel):
 
     def training_step(self, batch, batch_idx):
         x, y, serial = batch
-        self.seen.append(list(zip(y.tolist(), serial.tolist())))
+        self.seen.append(list(zip(y.tolist(), serial.tolist(), strict=True)))
         return super().training_step((x, y), batch_idx)
 
 
 def _fit(max_steps, ckpt=None, save_dir=None, kind="hf", **kwargs):
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     pl.seed_everything(0, verbose=False)
     dm = Streams(kind=kind, strategy="upsample", temperature=float("inf"), batch_size=6, seed=2, **kwargs)
@@ -86,7 +85,7 @@ def test_streams_follow_the_mixture_and_are_read_in_order(kind):
     assert drawn == expected
     assert chisquare(np.bincount(drawn, minlength=3)).pvalue > 1e-3
     # Each stream is consumed in its own order, pass after pass: the tail's 6 items come round again and again.
-    for g, (name, n) in enumerate(SIZES.items()):
+    for g, n in enumerate(SIZES.values()):
         serials = [s for step in model.seen for grp, s in step if grp == g]
         if kind == "plain":
             assert serials == [i % n for i in range(len(serials))]

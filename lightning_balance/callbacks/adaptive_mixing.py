@@ -122,8 +122,8 @@ class AdaptiveMixing(Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        datamodule = trainer.datamodule
-        popped = datamodule.pop_group_losses("val")  # type: ignore[union-attr]
+        datamodule: Any = getattr(trainer, "datamodule", None)
+        popped = datamodule.pop_group_losses("val")
         if popped is not None:
             sums, counts = (_reduce_sum(trainer, t) for t in popped)
             self._val_loss = torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, float("nan")))
@@ -132,12 +132,12 @@ class AdaptiveMixing(Callback):
 
     # ------------------------------------------------------------------ the update
     def _update(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        datamodule = trainer.datamodule
-        mixture = datamodule.mixture()  # type: ignore[union-attr]
-        position = datamodule.trained_samples()  # type: ignore[union-attr]
+        datamodule: Any = getattr(trainer, "datamodule", None)
+        mixture = datamodule.mixture()
+        position = datamodule.trained_samples()
         if mixture is None or position is None:
             return
-        popped = datamodule.pop_group_losses("train")  # type: ignore[union-attr]
+        popped = datamodule.pop_group_losses("train")
         k = mixture.num_groups
         if popped is None:
             sums = counts = torch.zeros(k, dtype=torch.float64)
@@ -145,7 +145,7 @@ class AdaptiveMixing(Callback):
             sums, counts = (_reduce_sum(trainer, t) for t in popped)
         train_loss = torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, float("nan")))
         sizes = torch.from_numpy(mixture.sizes).double()
-        weights = datamodule.policy_loss_weights  # type: ignore[union-attr]
+        weights = datamodule.policy_loss_weights
         signals = GroupSignals(
             step=trainer.global_step,
             train_loss=train_loss,
@@ -168,12 +168,12 @@ class AdaptiveMixing(Callback):
             probs = _check_vector(decision.probs, k, "probabilities", self.policy, allow_zero_sum=False)
             probs = probs / probs.sum()
             lookahead = self._lookahead(trainer)
-            at = position + lookahead * datamodule.batch_size * trainer.world_size  # type: ignore[union-attr]
-            datamodule.apply_mixture_probs(at, probs)  # type: ignore[union-attr]
+            at = position + lookahead * datamodule.batch_size * trainer.world_size
+            datamodule.apply_mixture_probs(at, probs)
             record.update(position=at, probs=probs.tolist())
         if decision.loss_weights is not None:
             weights = _check_vector(decision.loss_weights, k, "loss weights", self.policy, allow_zero_sum=True)
-            datamodule.policy_loss_weights = weights  # type: ignore[union-attr]
+            datamodule.policy_loss_weights = weights
             record["loss_weights"] = weights.tolist()
         self.history.append(record)
         self._log(pl_module, datamodule, signals)

@@ -52,15 +52,15 @@ class MixtureMonitor(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if trainer.global_step % self.every_n_steps:
             return
-        datamodule = trainer.datamodule
-        mixture = datamodule.mixture()  # type: ignore[union-attr]
-        position = datamodule.trained_samples()  # type: ignore[union-attr]
+        datamodule: Any = getattr(trainer, "datamodule", None)
+        mixture = datamodule.mixture()
+        position = datamodule.trained_samples()
         if mixture is None or position is None:
             return
         probs = mixture.probs_at_position(position)
         epochs = mixture.epochs(position)
-        values = {"mixing/temperature": float(datamodule.current_temperature())}  # type: ignore[union-attr]
-        for g, name in enumerate(datamodule.group_names):  # type: ignore[union-attr]
+        values = {"mixing/temperature": float(datamodule.current_temperature())}
+        for g, name in enumerate(datamodule.group_names):
             values[f"mixing/p_{name}"] = float(probs[g])
             values[f"mixing/epochs_{name}"] = float(epochs[g])
         # Straight to the loggers, as LearningRateMonitor does: on the steps asked for, whatever

@@ -459,7 +459,9 @@ class Mixture:
             "epoch_length": self.epoch_length,
             "step_size": self.step_size,
             "total_steps": self.total_steps,
+            # The first runs for a reader; the digest covers all of them, so any change of schedule is seen.
             "segments": [[s, t] for s, t in self.segments][:64],
+            "segments_digest": hashlib.sha1(repr(self.segments).encode()).hexdigest()[:16],
             "history": [list(piece) for piece in self.history],
             "probs": None if self.fixed_probs is None else [round(float(p), 12) for p in self.fixed_probs][:64],
             "adaptations": [[p, list(v)] for p, v in self.adaptations],

@@ -292,7 +292,7 @@ def _check_resume(state: dict[str, Any], mixture: Mixture) -> int:
                 " or start a new run."
             )
     changed = [
-        key for key in ("segments", "step_size", "total_steps", "epoch_length", "probs")
+        key for key in ("segments_digest", "step_size", "total_steps", "epoch_length", "probs")
         if key in saved and key in mine and saved[key] != mine[key]
     ]
     if changed:

@@ -17,7 +17,13 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 from lightning_balance import BalancedDataModule, LinearRamp
 from lightning_balance.callbacks import SALN
 from lightning_balance.functional import spectral_scores
-from lightning_balance.selection import keep_count, resolve_keep, select_top_k
+from lightning_balance.selection import (
+    jest_select,
+    keep_count,
+    resolve_keep,
+    select_top_k,
+    selective_backprop_select,
+)
 from tests.helpers import ToyData, ToyModel, trainer
 
 SIZES = (300, 60, 12, 4)
@@ -273,13 +279,18 @@ def _resumable_run(tmp_path, saln, ckpt_path=None, save_every=None, max_steps=20
     return before, after
 
 
-@pytest.mark.parametrize("method", ["random", "spectral"])
-def test_resume_continues_the_selection(tmp_path, method):
+@pytest.mark.parametrize(("method", "save_cache"), [
+    ("random", False), ("spectral", True), ("spectral", False), ("jest", False), ("selective_backprop", False),
+])
+def test_resume_continues_the_selection(tmp_path, method, save_cache):
     def make():
         extractor = CountingExtractor()
         torch.manual_seed(1)
         extractor.proj.reset_parameters()
-        return SALN(keep=LinearRamp(1.0, 0.25), method=method, features=extractor, seed=5), extractor
+        extra = {"reference": Reference(), "n_chunks": 4} if method == "jest" else {}
+        saln = SALN(keep=LinearRamp(1.0, 0.25), method=method, features=extractor, seed=5, save_cache=save_cache,
+                    **extra)
+        return saln, extractor
 
     saln, _ = make()
     full_before, full = _resumable_run(tmp_path, saln, save_every=9)
@@ -290,11 +301,27 @@ def test_resume_continues_the_selection(tmp_path, method):
     assert resumed.steps == full.steps[9:]
     assert resumed_saln.samples_seen == saln.samples_seen and resumed_saln.samples_kept == saln.samples_kept
     if method == "spectral":
-        # Indices scored before the checkpoint come from the restored cache; only new ones are embedded. (The
-        # schedule keeps everything at the first step, which is therefore not scored.)
-        scored_before = {i for step in full_before.steps[1:9] for i in step}
-        new = {i for step in resumed_before.steps for i in step} - scored_before
-        assert 0 < extractor.samples == len(new)
+        # With save_cache, indices scored before the checkpoint come from the restored cache and only new ones are
+        # embedded; without it every index met after the resume is embedded again, and the selection is the same.
+        # (The schedule keeps everything at the first steps, which are therefore not scored.)
+        scored = [s for s in range(9) if keep_count(resolve_keep(LinearRamp(1.0, 0.25), s / 20), 16) < 16]
+        assert scored[0] > 0
+        scored_before = {i for s in scored for i in full_before.steps[s]}
+        met = {i for step in resumed_before.steps for i in step}
+        assert 0 < extractor.samples == len(met - scored_before if save_cache else met)
+
+
+def test_caches_are_saved_only_when_asked(tmp_path):
+    for save_cache in (False, True):
+        out = tmp_path / str(save_cache)
+        saln = SALN(keep=0.5, method="rho_loss", reference=Reference(), save_cache=save_cache)
+        _resumable_run(out, saln, save_every=6, max_steps=6)
+        state = torch.load(glob.glob(os.path.join(out, "*.ckpt"))[0], weights_only=False)["callbacks"]
+        (saved,) = [v for k, v in state.items() if k.startswith("SALN")]
+        assert ("reference_loss" in saved) == save_cache
+        if save_cache:
+            filled = saved["reference_loss"]["filled"]
+            assert filled.sum() > 0 and saved["reference_loss"]["values"].device.type == "cpu"
 
 
 def test_state_key_holds_the_configuration():
@@ -320,7 +347,16 @@ def test_bad_keep_schedule_fails_at_construction():
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"method": "jest"}, "`method`.*'jest'"),
+    ({"method": "gradnorm"}, "`method`.*'gradnorm'"),
+    ({"method": "jest"}, "`reference` is None"),
+    ({"method": "jest", "reference": Reference(), "n_chunks": 0}, r"`n_chunks`.*positive.*0"),
+    ({"method": "jest", "reference": Reference(), "n_chunks": 9, "batch_size": 8}, r"`n_chunks`.*8 samples.*9"),
+    ({"method": "selective_backprop", "beta": -1.0}, r"`beta`.*-1.0"),
+    ({"batch_size": 0}, r"`batch_size`.*0"),
+    ({"filter_ratio": 1.0}, r"`filter_ratio`.*\[0, 1\).*1.0"),
+    ({"filter_ratio": -0.2}, r"`filter_ratio`.*\[0, 1\).*-0.2"),
+    ({"keep": 0.5, "batch_size": 8}, r"keep=0.5 together with batch_size=8"),
+    ({"solver": "arpack"}, r"`solver`.*'arpack'"),
     ({"features": "pixels"}, "`features`.*'pixels'"),
     ({"inputs": 1.5}, "`inputs`.*1.5"),
     ({"score": "fiedler"}, "`score`.*'fiedler'"),
@@ -585,3 +621,245 @@ def test_scoring_forwards_run_under_the_trainers_autocast(source):
         assert set(recorder.dtypes) == {torch.bfloat16}
     # Nothing leaks out of the context: the scores themselves are computed after it closes.
     assert not torch.is_autocast_enabled("cpu")
+
+
+# ---------------------------------------------------------------------------------------------- drawn baselines
+
+
+def test_jest_and_selective_backprop_draw_as_the_functions_do():
+    """The callback's draw is the functional one with the generator of (seed, batch index, rank)."""
+    for method, extra in (("jest", {"reference": Reference(), "n_chunks": 4}), ("selective_backprop", {})):
+        before, after = Record(), Record()
+        saln = SALN(keep=0.5, method=method, seed=3, **extra)
+        fit([before, saln, after], max_steps=6)
+        for step, (full, kept, x) in enumerate(zip(before.steps, after.steps, before.inputs, strict=True)):
+            gen = saln._generator(torch.device("cpu"), step, 0)
+            if method == "jest":
+                want = jest_select(x[:, 0] - x[:, 1], 8, n_chunks=4, generator=gen)
+            else:
+                want = selective_backprop_select(x[:, 0], 8, generator=gen)
+            assert kept == [full[i] for i in want.tolist()], (method, step)
+
+
+def test_draws_depend_on_the_seed_and_step_only():
+    runs = []
+    for seed in (0, 0, 1):
+        after = Record()
+        fit([SALN(keep=0.5, method="selective_backprop", seed=seed), after], max_steps=5)
+        runs.append(after.steps)
+    assert runs[0] == runs[1] != runs[2]
+
+
+def test_reference_that_does_not_match_the_learner():
+    class WrongClasses(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(4, 2)  # two classes; the learner's targets go up to 3
+
+        def per_sample_loss(self, batch):
+            return nn.functional.cross_entropy(self.layer(batch[0]), batch[1], reduction="none")
+
+    class PerBatch(nn.Module):
+        def per_sample_loss(self, batch):
+            return batch[0].sum()  # one loss for the whole batch
+
+    with pytest.raises(ValueError, match=r"`reference` model \(WrongClasses\) failed on the learner's batch"):
+        fit([SALN(keep=0.5, method="jest", reference=WrongClasses(), n_chunks=2)], max_steps=1)
+    with pytest.raises(ValueError, match=r"`reference` to return one loss per sample, shape \[16\].*\(\)"):
+        fit([SALN(keep=0.5, method="rho_loss", reference=PerBatch())], max_steps=1)
+
+
+# ---------------------------------------------------------------------------------------------- super-batch
+
+
+@pytest.mark.parametrize(("kwargs", "kept"), [
+    ({"batch_size": 6}, 6), ({"filter_ratio": 0.75}, 4), ({"batch_size": 4, "filter_ratio": 0.75}, 4),
+    ({"filter_ratio": 0.0}, 16),
+])
+def test_super_batch_selection_trains_on_b_of_each_batch(kwargs, kept):
+    before, after = Record(), Record()
+    model, _ = fit([before, SALN(method="loss", **kwargs), after], max_steps=4)
+    assert [len(s) for s in before.steps] == [16] * 4
+    assert [len(b) for b in model.train_batches] == [kept] * 4
+    for full, got, x in zip(before.steps, after.steps, before.inputs, strict=True):
+        top = torch.topk(x[:, 0], kept).indices.sort().values
+        assert got == [full[i] for i in top.tolist()]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"batch_size": 32}, r"SALN\(batch_size=32\).*super-batch B\) is 16: B < b.*batch_size=\.\.\.\).*64"),
+    ({"batch_size": 8, "filter_ratio": 0.8}, r"needs a super-batch of 40.*batch is 16.*batch_size=40"),
+    ({"batch_size": 4, "method": "jest", "n_chunks": 5}, r"`n_chunks`.*4 samples.*5"),
+    ({"filter_ratio": 0.9, "method": "jest", "n_chunks": 3}, r"`n_chunks`.*2 samples kept per super-batch.*3"),
+])
+def test_super_batch_the_datamodule_cannot_provide(kwargs, match):
+    if kwargs.get("method") == "jest":
+        kwargs = {**kwargs, "reference": Reference()}
+        if kwargs["n_chunks"] > kwargs.get("batch_size", 99):
+            with pytest.raises(ValueError, match=match):
+                SALN(**kwargs)
+            return
+    with pytest.raises(MisconfigurationException, match=match):
+        fit([SALN(**kwargs)], max_steps=1)
+
+
+def test_super_batch_needs_a_balanced_datamodule():
+    loader = DataLoader(TensorDataset(torch.randn(32, 4), torch.arange(32) % 4), batch_size=8)
+    with pytest.raises(MisconfigurationException, match="Super-batch selection.*DataModule's batch as the super-batch"):
+        trainer(max_steps=1, callbacks=[SALN(batch_size=4)]).fit(ToyModel(), train_dataloaders=loader)
+
+
+def test_super_batch_smaller_than_b_at_run_time():
+    class Short(ToyData):
+        def train_dataloader(self):
+            loader = super().train_dataloader()
+            return DataLoader(loader.dataset, batch_size=3, sampler=loader.sampler, collate_fn=loader.collate_fn,
+                              drop_last=True)
+
+    with pytest.raises(ValueError, match=r"SALN\(batch_size=6\).*got a batch of 3.*BalancedDataModule\(batch_size=B\)"):
+        fit([SALN(batch_size=6)], max_steps=1, data=Short(sizes=SIZES, batch_size=16, samples_per_epoch=96))
+
+
+# ---------------------------------------------------------------------------------------------- caches
+
+
+def test_caches_live_on_the_host_and_in_a_memmap(tmp_path):
+    runs = []
+    for cache_dir in (None, str(tmp_path / "cache")):
+        extractor = CountingExtractor()
+        torch.manual_seed(1)
+        extractor.proj.reset_parameters()
+        after = Record()
+        saln = SALN(keep=0.5, features=extractor, cache_dir=cache_dir)
+        fit([saln, after], max_steps=8)
+        values = saln._feature_cache.values
+        assert values.device.type == "cpu" and values.shape == (len(saln._feature_cache.filled), 3)
+        if cache_dir is not None:
+            assert os.path.exists(os.path.join(cache_dir, "features.npy"))
+            on_disk = np.load(os.path.join(cache_dir, "features.npy"), mmap_mode="r")
+            np.testing.assert_array_equal(on_disk, values.numpy())
+        runs.append(after.steps)
+    assert runs[0] == runs[1]
+
+
+# ---------------------------------------------------------------------------------------------- no host reads
+
+
+class HostRead(AssertionError):
+    pass
+
+
+_HOST_READS = {
+    torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__,
+    torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu, torch.Tensor.nonzero, torch.nonzero,
+    torch.Tensor.unique, torch.unique, torch.masked_select, torch.Tensor.masked_select, torch.Tensor.__repr__,
+}
+
+
+class OnDevice(torch.Tensor):
+    """A CPU tensor standing for one on a GPU: every operation that would read its values on the host raises
+    (and so does anything computed from it, which stays an OnDevice)."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in _HOST_READS:
+            raise HostRead(f"{getattr(func, '__name__', func)} read a device tensor on the host")
+        if func is torch.Tensor.__getitem__ and isinstance(args[1], torch.Tensor) and args[1].dtype == torch.bool:
+            raise HostRead("boolean-mask indexing reads a device tensor on the host")
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+class ToDevice(pl.Callback):
+    def transform_train_batch(self, trainer, pl_module, batch, indices):
+        return [t.as_subclass(OnDevice) for t in batch], indices
+
+
+class FromDevice(pl.Callback):
+    def __init__(self, flagged):
+        self.flagged = flagged
+        self.steps = []
+
+    def transform_train_batch(self, trainer, pl_module, batch, indices):
+        # The kept indices were computed from device tensors (a random draw's come from torch.rand, not flagged).
+        assert isinstance(indices, OnDevice) == self.flagged or trainer.callbacks[1].method == "random"
+        plain = indices.as_subclass(torch.Tensor)
+        self.steps.append(plain.tolist())
+        return [t.as_subclass(torch.Tensor) for t in batch], plain
+
+
+def test_on_device_flags_host_reads():
+    x = torch.ones(3).as_subclass(OnDevice)
+    for read in (lambda: x.sum().item(), lambda: bool(x.any()), lambda: x.tolist(), lambda: x[x > 0],
+                 lambda: torch.nonzero(x), lambda: int(x[0])):
+        with pytest.raises(HostRead):
+            read()
+    assert isinstance(torch.topk(x * 2, 2).indices, OnDevice)
+
+
+@pytest.mark.parametrize("config", [
+    {"method": "spectral"}, {"method": "spectral", "features": "frozen", "protect_groups_below": 20},
+    {"method": "spectral", "score": "labels"}, {"method": "random"}, {"method": "loss"},
+    {"method": "selective_backprop", "protect_groups_below": 20}, {"method": "rho_loss"}, {"method": "jest"},
+    {"batch_size": 5, "method": "jest"},
+])
+def test_the_step_reads_no_device_tensor_on_the_host(monkeypatch, config):
+    """What runs on a GPU, run on CPU tensors that raise on every host read: the step must never read one.
+
+    The code takes its device branches (device-side asserts, eigh rather than an iterative solver with a host
+    convergence check) where `_host_reads_free` is False, which is what it is on a GPU."""
+    import lightning_balance.callbacks.saln as saln_module
+    import lightning_balance.functional.fiedler as fiedler_module
+    import lightning_balance.functional.spectral as spectral_module
+
+    monkeypatch.setattr(fiedler_module, "_host_reads_free", lambda device: False)
+    monkeypatch.setattr(spectral_module, "_host_reads_free", lambda device: False)
+    to_device = saln_module._to_device
+    runs = []
+    for flagged in (False, True):
+        # What the host tables (caches, protected samples, labels) send to the device is device data too.
+        monkeypatch.setattr(saln_module, "_to_device",
+                            (lambda t, d: to_device(t, d).as_subclass(OnDevice)) if flagged else to_device)
+        kwargs = dict(config)
+        if kwargs.get("features") == "frozen":
+            extractor = CountingExtractor()
+            torch.manual_seed(2)
+            extractor.proj.reset_parameters()
+            kwargs["features"] = extractor
+        if kwargs["method"] in ("rho_loss", "jest"):
+            kwargs["reference"] = Reference()
+        if kwargs["method"] == "jest":
+            kwargs["n_chunks"] = 4
+        if "batch_size" not in kwargs:
+            kwargs["keep"] = 0.5
+        record = FromDevice(flagged)
+        callbacks = [ToDevice(), SALN(**kwargs), record] if flagged else [SALN(**kwargs), record]
+        fit(callbacks, max_steps=4)
+        runs.append(record.steps)
+    assert runs[0] == runs[1] and all(len(s) < 16 for s in runs[1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", ["random", "loss", "selective_backprop", "rho_loss", "jest", "spectral"])
+def test_cuda_step_does_not_synchronise(method):
+    """`torch.cuda.set_sync_debug_mode` around SALN's step. torch.linalg.eigh reads its own error codes on the
+    host, so the spectral step may synchronise once, inside eigh; nothing else may."""
+    class Guarded(SALN):
+        syncs = 0
+
+        def transform_train_batch(self, trainer, pl_module, batch, indices):
+            mode = "warn" if self.method == "spectral" else "error"
+            torch.cuda.set_sync_debug_mode(mode)
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    out = super().transform_train_batch(trainer, pl_module, batch, indices)
+                Guarded.syncs = max(Guarded.syncs, sum("synchroniz" in str(w.message) for w in caught))
+                return out
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+
+    extra = {"reference": Reference(), "n_chunks": 4} if method in ("rho_loss", "jest") else {}
+    saln = Guarded(keep=0.5, method=method, protect_groups_below=20, **extra)
+    dm = ToyData(sizes=SIZES, batch_size=16, samples_per_epoch=96)
+    trainer(max_steps=6, accelerator="cuda", callbacks=[saln]).fit(LossModel(), dm)
+    assert Guarded.syncs <= (1 if method == "spectral" else 0)

@@ -47,7 +47,7 @@ from typing import Any, Literal, Optional, Union
 import numpy as np
 import torch
 
-from lightning_balance.permutation import derive_key, permute
+from lightning_balance.permutation import bit_width, derive_key, mix64, permute
 from lightning_balance.schedules import TemperatureLike, constant_runs, is_schedule, resolve_temperature
 from lightning_balance.temperature import temperature_probs
 
@@ -132,42 +132,32 @@ def _positive_int(value: Any, name: str) -> int:
 
 
 class _Tree:
-    """A balanced binary tree over groups ``0..K-1``: internal nodes ``0..K-2``, leaf of group g is ``K-1+g``."""
+    """A complete binary tree in heap order over ``2^D >= K`` leaf slots; groups fill the first ``K`` slots.
+
+    Node ``i`` has children ``2i + 1`` and ``2i + 2``; the leaf of slot ``j`` is node ``L - 1 + j`` with
+    ``L = 2^D``. Slots past ``K`` have probability 0 and are never reached. Every leaf is at depth ``D``, so a
+    descent is ``D`` identical passes over all positions, with no bookkeeping of which ones are still descending.
+    """
 
     def __init__(self, num_groups: int) -> None:
         k = num_groups
         self.num_groups = k
-        self.lo = np.zeros(max(k - 1, 0), dtype=np.int64)
-        self.mid = np.zeros(max(k - 1, 0), dtype=np.int64)
-        self.hi = np.zeros(max(k - 1, 0), dtype=np.int64)
-        self.left = np.zeros(max(k - 1, 0), dtype=np.int64)
-        self.right = np.zeros(max(k - 1, 0), dtype=np.int64)
-        levels: list[list[int]] = []
-        if k > 1:
-            # Breadth first, so every node's children come after it and a level is a contiguous run of ids.
-            frontier = [(0, k)]
-            next_id = 1
-            node_of = {(0, k): 0}
-            while frontier:
-                level, upcoming = [], []
-                for lo, hi in frontier:
-                    node = node_of[(lo, hi)]
-                    mid = (lo + hi) // 2
-                    self.lo[node], self.mid[node], self.hi[node] = lo, mid, hi
-                    for child, (clo, chi) in (("left", (lo, mid)), ("right", (mid, hi))):
-                        if chi - clo == 1:
-                            target = k - 1 + clo
-                        else:
-                            target = next_id
-                            node_of[(clo, chi)] = next_id
-                            next_id += 1
-                            upcoming.append((clo, chi))
-                        getattr(self, child)[node] = target
-                    level.append(node)
-                levels.append(level)
-                frontier = upcoming
-        self.levels = [np.asarray(level, dtype=np.int64) for level in levels]
-        self.depth = len(self.levels)
+        depth = max(k - 1, 0).bit_length()
+        self.depth = depth
+        self.leaves = 1 << depth
+        internal = self.leaves - 1
+        nodes = np.arange(internal, dtype=np.int64)
+        level_of = np.zeros(internal, dtype=np.int64)
+        for d in range(depth):
+            level_of[(1 << d) - 1 : (1 << (d + 1)) - 1] = d
+        width = np.left_shift(1, depth - level_of)  # slots under each node
+        first = (nodes - ((1 << level_of) - 1)) * width
+        self.lo = np.minimum(first, k)
+        self.mid = np.minimum(first + width // 2, k)
+        self.hi = np.minimum(first + width, k)
+        self.left = 2 * nodes + 1
+        self.right = 2 * nodes + 2
+        self.levels = [np.arange((1 << d) - 1, (1 << (d + 1)) - 1, dtype=np.int64) for d in range(depth)]
 
     def shares(self, probs: np.ndarray) -> np.ndarray:
         """Each node's left share of its probability, as an integer in ``[0, 2^32]``."""
@@ -186,15 +176,15 @@ class _Tree:
     def realised(self, q: np.ndarray) -> np.ndarray:
         """Leaf probabilities implied by the node shares ``q`` (the rounding made exact)."""
         k = self.num_groups
-        mass = np.zeros(2 * k - 1)
-        mass[0] = 1.0
         if k == 1:
             return np.ones(1)
+        mass = np.zeros(2 * self.leaves - 1)
+        mass[0] = 1.0
         share = q.astype(np.float64) / _Q_ONE
         for level in self.levels:
             mass[self.left[level]] = mass[level] * share[level]
             mass[self.right[level]] = mass[level] * (1.0 - share[level])
-        return mass[k - 1 :]
+        return mass[self.leaves - 1 : self.leaves - 1 + k]
 
 
 def _split_full(t: np.ndarray, q: np.ndarray, phase: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -209,8 +199,16 @@ def _split_full(t: np.ndarray, q: np.ndarray, phase: np.ndarray) -> tuple[np.nda
 class _Segment:
     """One run of constant temperature: its probabilities and the tree's node shares."""
 
-    def __init__(self, probs: np.ndarray, q: np.ndarray, realised: np.ndarray) -> None:
-        self.probs, self.q, self.realised = probs, q, realised
+    def __init__(self, probs: np.ndarray, q: np.ndarray, tree: _Tree) -> None:
+        self.probs, self.q, self._tree = probs, q, tree
+        self._realised: Optional[np.ndarray] = None
+
+    @property
+    def realised(self) -> np.ndarray:
+        # Only reports need it: a walk over many segments (a seek into a smooth schedule) does not.
+        if self._realised is None:
+            self._realised = self._tree.realised(self.q)
+        return self._realised
 
 
 class Mixture:
@@ -313,11 +311,16 @@ class Mixture:
             self.adaptations.append((position, tuple(float(v) for v in _validate_probs(values, self.sizes))))
         self._seg_starts, self._seg_temps = self._position_segments()
         self._tree = _Tree(len(self.sizes))
+        self._log_sizes: Optional[np.ndarray] = None
+        self._group_keys = derive_key(self.seed, _TAG_PASS, np.arange(len(self.sizes)))
+        self._group_bits = bit_width(np.maximum(self.sizes, 1))
         self._segments: OrderedDict[int, _Segment] = OrderedDict()
         # States at segment starts: (group draw counts, node phases). Segment 0 starts from keyed random phases.
-        phases = derive_key(self.seed, _TAG_PHASE, np.arange(max(len(self.sizes) - 1, 0))) >> np.uint64(64 - _Q_BITS)
+        internal = max(self._tree.leaves - 1, 0) if len(self.sizes) > 1 else 0
+        phases = derive_key(self.seed, _TAG_PHASE, np.arange(internal)) >> np.uint64(64 - _Q_BITS)
         phases = phases.astype(np.uint64)
         self._states: dict[int, tuple[np.ndarray, np.ndarray]] = {0: (np.zeros(len(self.sizes), np.int64), phases)}
+        self._recent: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._state_stride = max(1, math.ceil(len(self._seg_temps) * len(self.sizes) / _STATE_BUDGET))
 
     # ------------------------------------------------------------------ schedule
@@ -444,7 +447,9 @@ class Mixture:
             return torch.from_numpy(draws)
         sizes = self.sizes[groups]
         passes, within = np.divmod(draws, sizes)
-        local = permute(within, sizes, derive_key(self.seed, _TAG_PASS, groups, passes)).astype(np.int64)
+        # One hash per element: the group's key (computed once per group) mixed with the pass.
+        key = mix64(self._group_keys[groups] ^ passes.astype(np.uint64))
+        local = permute(within, sizes, key, self._group_bits[groups]).astype(np.int64)
         return torch.from_numpy(self.offsets[groups] + local)
 
     def config(self) -> dict[str, Any]:
@@ -479,7 +484,18 @@ class Mixture:
             return np.asarray(temperature, dtype=np.float64)
         if self.fixed_probs is not None:
             return self.fixed_probs
-        return temperature_probs(self.sizes, temperature).numpy()
+        if self._log_sizes is None:
+            # The validated sizes once, then p(T) as a numpy softmax per segment: a smooth schedule has one segment
+            # per step, and a seek walks all the earlier ones.
+            with np.errstate(divide="ignore"):
+                log_sizes = np.log(self.sizes.astype(np.float64))
+            self._log_sizes = log_sizes - log_sizes[self.sizes > 0].max()
+        if math.isinf(temperature):
+            probs = (self.sizes > 0).astype(np.float64)
+            return probs / probs.sum()
+        logits = self._log_sizes / temperature
+        weights = np.exp(logits - logits.max())
+        return weights / weights.sum()
 
     def _validate_history(self, history: Optional[Sequence[Sequence[int]]]) -> list[list[int]]:
         pieces: list[list[int]] = []
@@ -551,7 +567,7 @@ class Mixture:
             return cached
         probs = self._probs_of(self._seg_temps[index])
         q = self._tree.shares(probs)
-        segment = _Segment(probs, q, self._tree.realised(q))
+        segment = _Segment(probs, q, self._tree)
         self._segments[index] = segment
         if len(self._segments) > 64:
             self._segments.popitem(last=False)
@@ -568,22 +584,32 @@ class Mixture:
         k = self.num_groups
         if k == 1:
             return np.array([length], dtype=np.int64), phase
-        visits = np.zeros(2 * k - 1, dtype=np.uint64)
+        tree = self._tree
+        visits = np.zeros(2 * tree.leaves - 1, dtype=np.uint64)
         visits[0] = length
         after = phase.copy()
-        for level in self._tree.levels:
+        for level in tree.levels:
             left, rest = _split_full(visits[level], q[level], phase[level])
             after[level] = rest
-            visits[self._tree.left[level]] = left
-            visits[self._tree.right[level]] = visits[level] - left
-        return visits[k - 1 :].astype(np.int64), after
+            visits[tree.left[level]] = left
+            visits[tree.right[level]] = visits[level] - left
+        return visits[tree.leaves - 1 : tree.leaves - 1 + k].astype(np.int64), after
 
     def _segment_state(self, segment: int) -> tuple[np.ndarray, np.ndarray]:
         """(group counts, node phases) at the start of ``segment``."""
         if segment in self._states:
             return self._states[segment]
+        if segment in self._recent:
+            return self._recent[segment]
+        # Walk from the nearest known state: a kept one, or one of the last few computed (a sequential read across
+        # segments then walks one segment per segment, whatever the stride of the kept states).
         known = max(s for s in self._states if s <= segment)
-        counts, phase = self._states[known]
+        near = [s for s in self._recent if known < s <= segment]
+        if near:
+            known = max(near)
+            counts, phase = self._recent[known]
+        else:
+            counts, phase = self._states[known]
         for s in range(known, segment):
             length = int(self._seg_starts[s + 1] - self._seg_starts[s])
             if self.order == "iid":
@@ -593,6 +619,9 @@ class Mixture:
             counts = counts + extra
             if (s + 1) % self._state_stride == 0:
                 self._states[s + 1] = (counts, phase)
+        self._recent[segment] = (counts, phase)
+        if len(self._recent) > 8:
+            self._recent.popitem(last=False)
         return counts, phase
 
     def _block_state(self, segment: int, block_start: int) -> tuple[np.ndarray, np.ndarray]:
@@ -661,20 +690,16 @@ class Mixture:
         node = np.zeros(len(t), dtype=np.int64)
         one = np.uint64(_Q_ONE)
         mask = np.uint64(_Q_ONE - 1)
-        active = np.arange(len(t))
+        shift = np.uint64(_Q_BITS)
         for _ in range(tree.depth):
-            at = node[active]
-            qa, tt = q[at], t[active]
+            qa = q[node]
             # Offsets inside a block are < 2^30, so t * q + phase < 2^63 is exact without splitting.
-            value = tt * qa + phase[at]
-            before = value >> np.uint64(_Q_BITS)
+            value = t * qa + phase[node]
+            before = value >> shift
             goes_left = (value & mask) + qa >= one
-            t[active] = np.where(goes_left, before, tt - before)
-            node[active] = np.where(goes_left, tree.left[at], tree.right[at])
-            active = active[node[active] < k - 1]
-            if active.size == 0:
-                break
-        groups = node - (k - 1)
+            t = np.where(goes_left, before, t - before)
+            node = 2 * node + 2 - goes_left
+        groups = node - (tree.leaves - 1)
         return groups, counts[groups] + t.astype(np.int64)
 
     def _epoch_draws(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:

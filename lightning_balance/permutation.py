@@ -22,7 +22,7 @@ from typing import Union
 
 import numpy as np
 
-__all__ = ["permute", "mix64", "derive_key"]
+__all__ = ["permute", "mix64", "derive_key", "bit_width"]
 
 ArrayLike = Union[int, np.ndarray]
 
@@ -30,7 +30,9 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _ROUNDS = 4  # even, so the halves end where they started
-_ROUND_TAGS = [np.uint64(0x5851F42D4C957F2D * (r + 1) % (1 << 64)) for r in range(_ROUNDS)]
+# Round keys are the key plus distinct odd constants: the key is already a full 64-bit hash, and the round function
+# multiplies after mixing it in, so additive offsets give unrelated rounds at a fraction of a hash per element.
+_ROUND_TAGS = [np.uint64(0x5851F42D4C957F2D * (2 * r + 1) % (1 << 64)) for r in range(_ROUNDS)]
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -72,7 +74,8 @@ def _bit_width(n: np.ndarray) -> np.ndarray:
 
 
 def _round_keys(key: np.ndarray) -> list[np.ndarray]:
-    return [mix64(key ^ tag) for tag in _ROUND_TAGS]
+    with np.errstate(over="ignore"):
+        return [key + tag for tag in _ROUND_TAGS]
 
 
 def _feistel(x: np.ndarray, bits: np.ndarray, round_keys: list[np.ndarray]) -> np.ndarray:
@@ -95,13 +98,19 @@ def _take(a: np.ndarray, where: np.ndarray) -> np.ndarray:
     return a if a.ndim == 0 else a[where]
 
 
-def permute(index: ArrayLike, n: ArrayLike, key: ArrayLike) -> np.ndarray:
+def bit_width(n: ArrayLike) -> np.ndarray:
+    """The bit width :func:`permute` uses for permutations of size ``n`` (to precompute it per size)."""
+    return _bit_width(np.asarray(n, dtype=np.uint64))
+
+
+def permute(index: ArrayLike, n: ArrayLike, key: ArrayLike, bits: ArrayLike | None = None) -> np.ndarray:
     """Position ``index`` of the permutation of ``[0, n)`` keyed by ``key``, elementwise.
 
     Args:
         index: positions in ``[0, n)``.
         n: the size of each permutation (``1 <= n < 2**62``), a scalar or one per element.
         key: a 64-bit key per permutation (see :func:`derive_key`), a scalar or one per element.
+        bits: :func:`bit_width` of ``n``, when the caller has it already.
 
     Returns:
         A ``uint64`` array: for a fixed ``(n, key)``, a bijection of ``[0, n)``.
@@ -122,7 +131,7 @@ def permute(index: ArrayLike, n: ArrayLike, key: ArrayLike) -> np.ndarray:
         raise ValueError("`index` must lie in [0, n) for every element.")
     # Round keys are hashed once per distinct argument shape, not once per round and element.
     keys = _round_keys(key_arr)
-    bits = _bit_width(n_arr)
+    bits = _bit_width(n_arr) if bits is None else np.asarray(bits, dtype=np.uint64)
     out = _feistel(np.broadcast_to(index, shape), bits, keys)
     # Cycle walking: the domain is < 2n, so each step leaves [0, n) with probability < 1/2.
     outside = np.flatnonzero(out >= n_arr)

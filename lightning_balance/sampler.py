@@ -38,6 +38,7 @@ GroupsLike = Union[Sequence[int], np.ndarray, torch.Tensor]
 _COUNT_CHUNK = 1 << 22
 # Global positions are turned into indices this many at a time: bounded memory, and vectorised work.
 _YIELD_CHUNK = 1 << 16
+_FIRST_CHUNK = 1 << 8
 
 
 def _as_group_array(groups: GroupsLike) -> np.ndarray:
@@ -237,12 +238,15 @@ class MixtureSampler(DistributedSampler):
         start = self.position
         self._position, self._epoch_set = None, False
         self._start, self._yielded = start, 0
+        self._chunk_base = 0
         total = len(self)
         while self._yielded < total:
             # This rank's k-th sample is global position start + k * R + rank; compute a chunk of them at a time.
             version = self._version
             first = self._yielded
-            last = min(first + _YIELD_CHUNK, total)
+            # Chunks grow from one batch's worth: the first index comes quickly (a resume's first batch), later ones
+            # in large vectorised chunks.
+            last = min(first + min(_YIELD_CHUNK, max(_FIRST_CHUNK, 2 * (first - self._chunk_base))), total)
             lo = start + first * self.num_replicas
             items = self._indices(lo, start + last * self.num_replicas)[self.rank :: self.num_replicas].tolist()
             for item in items:
@@ -251,6 +255,9 @@ class MixtureSampler(DistributedSampler):
                     break
                 self._yielded += 1
                 yield item
+            if self._version != version:
+                # Start small again after a change of stream.
+                self._chunk_base = self._yielded
 
     def _indices(self, start: int, stop: int) -> torch.Tensor:
         return self.mixture.indices(start, stop)

@@ -49,7 +49,6 @@ import torch
 
 from lightning_balance.permutation import bit_width, derive_key, mix64, permute
 from lightning_balance.schedules import TemperatureLike, constant_runs, is_schedule, resolve_temperature
-from lightning_balance.temperature import temperature_probs
 
 __all__ = ["Mixture", "Order"]
 

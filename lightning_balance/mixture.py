@@ -492,8 +492,10 @@ class Mixture:
         if math.isinf(temperature):
             probs = (self.sizes > 0).astype(np.float64)
             return probs / probs.sum()
-        logits = self._log_sizes / temperature
-        weights = np.exp(logits - logits.max())
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            # A tiny T sends every group but the largest to -inf: exactly the limit.
+            logits = self._log_sizes / temperature
+            weights = np.exp(logits - logits.max())
         return weights / weights.sum()
 
     def _validate_history(self, history: Optional[Sequence[Sequence[int]]]) -> list[list[int]]:

@@ -49,17 +49,19 @@ def test_compare_writes_its_files_and_prints_the_table(tmp_path, capsys):
                     "val_per_class=10", "batch_size=8")
     assert code == 0
     printed = capsys.readouterr().out
-    assert "Final validation metrics" in printed and "Upsample vs upweight (T=5)" in printed
+    assert "Final validation, mean ± std" in printed and "Upsample vs upweight (T=5)" in printed
+    # --prefer balanced measures the head against natural sampling, which this run leaves out
+    assert "No recommendation: --prefer balanced needs natural sampling's head recall" in printed
     out = tmp_path / "out"
     assert {p.name for p in out.iterdir()} == {
-        "summary.csv", "runs.csv", "curves.csv", "results.json", "curves.png", "tradeoff.png"}
+        "summary.csv", "runs.csv", "curves.csv", "results.json", "summary.md", "curves.png", "tradeoff.png", "logs"}
     with open(out / "summary.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == SUMMARY_COLUMNS
+    assert list(rows[0]) == list(SUMMARY_COLUMNS)
     assert [(r["name"], r["label"], r["seeds"], r["steps_mean"]) for r in rows] == [
         ("upsample", "T=5", "1", "4.0"), ("upweight", "T=5", "1", "4.0")]
     data = json.loads((out / "results.json").read_text())
-    assert data["settings"]["datamodule"] == "lightning_balance.datasets.LongTailDigits"
+    assert data["settings"]["datamodule"] == "lightning_balance.experiments.datasets.LongTailDigits"
     assert data["settings"]["datamodule_args"] == {"val_per_class": 10, "batch_size": 8}
     assert data["settings"]["total_wall_time_s"] > 0
     for run in data["runs"]:
@@ -75,7 +77,7 @@ def test_compare_with_a_user_model_and_json_arguments(tmp_path):
                     "--model-args", '{"num_features": 64, "num_classes": 10, "hidden": 8}', "--batch-size", "4")
     assert code == 0
     data = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert data["settings"]["model"] == "lightning_balance.models.MLPClassifier"
+    assert data["settings"]["model"] == "lightning_balance.experiments.models.MLPClassifier"
     assert data["settings"]["model_args"]["hidden"] == 8
     assert data["runs"][0]["samples_seen"] == 16
 
@@ -260,7 +262,8 @@ def test_hardware_arguments_reach_the_trainer(tmp_path):
         (["--model", "tests.test_compare.NoTrainingStep"], "is not a LightningModule subclass"),
         (["--model", "tests.test_compare.PlainMeanModel", "--only", "upweight"],
          "`training_step` did not reduce its loss with `lightning_balance.balanced_loss`"),
-        (["--model-args", "depth=3"], "Cannot build `--model` lightning_balance.models.MLPClassifier(**{'depth': 3,"),
+        (["--model-args", "depth=3"],
+         "Cannot build `--model` lightning_balance.experiments.models.MLPClassifier(**{'depth': 3,"),
         (["--model-args", "lr=-1"], "`--model` MLPClassifier.configure_optimizers() refused its settings: Invalid"
                                     " learning rate: -1. Check --model-args (e.g. a positive learning rate"),
         (["--datamodule", ""], "Cannot import `--datamodule` '': it is empty."),
@@ -273,7 +276,8 @@ def test_hardware_arguments_reach_the_trainer(tmp_path):
         (["--threads", "0"], "Expected `--threads` to be a positive number of CPU threads, but got 0."),
         (["--datamodule-args", "oops"], "Cannot read `--datamodule-args` 'oops': expected key=value"),
         (["--datamodule-args", "colour=red"], "Check --datamodule-args"),
-        (["--only", "natural,bogus"], "Expected `only` to name runs among"),
+        (["--strategies", "natural,bogus"], "Expected `--strategies` to name runs among"),
+        (["--only", "natural,bogus"], "Expected `--strategies` to name runs among"),
         (["--strategy", "ddp_spawn"], "Use --strategy ddp"),
         (["--seeds", "0"], "Expected `--seeds` to be a positive number of seeds, but got 0"),
         (["--config", "missing.yaml"], "Cannot read `--config` 'missing.yaml'"),

@@ -1,4 +1,5 @@
-"""The comparison runner: runs, aggregation, files written, and every configuration error."""
+"""The comparison runner through `lightning_balance.compare`: runs, aggregation, files written, and every
+configuration error."""
 
 import csv
 import json
@@ -251,7 +252,7 @@ def test_runs_and_curves(tiny_result):
         assert run.final["recall_tail"] == run.curve[-1]["recall_tail"]
         # tail_target 0 is reached at the first validation
         assert run.steps_to_tail_target == 3
-        assert len(run.curve[-1]["per_class_recall"]) == 10
+        assert len(run.curve[-1]["per_group_recall"]) == len(run.curve[-1]["per_group_loss"]) == 10
         assert 0 <= run.final["recall_worst"] <= run.final["recall_macro"] <= 1
         assert run.tail_loss_min == min(p["loss_tail"] for p in run.curve)
     dm = SmallDigits()
@@ -287,16 +288,16 @@ def test_summarize_single_seed_and_unreached_target():
 def test_files_written_match_the_runs(tiny_result, tmp_path):
     files = write_compare_outputs(tiny_result, tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {
-        "summary.csv", "runs.csv", "curves.csv", "results.json", "curves.png", "tradeoff.png"}
+        "summary.csv", "runs.csv", "curves.csv", "results.json", "summary.md", "curves.png", "tradeoff.png"}
     assert all(files[k].stat().st_size > 1000 for k in ("curves_plot", "tradeoff_plot"))
 
     with open(files["summary"]) as f:
         summary = list(csv.DictReader(f))
-    assert list(summary[0]) == SUMMARY_COLUMNS
+    assert list(summary[0]) == list(SUMMARY_COLUMNS)
     assert [row["name"] for row in summary] == ["natural", "upweight"]
     with open(files["runs"]) as f:
         runs = list(csv.DictReader(f))
-    assert list(runs[0]) == RUN_COLUMNS and len(runs) == 4
+    assert list(runs[0]) == list(RUN_COLUMNS) and len(runs) == 4
     with open(files["curves"]) as f:
         assert len(list(csv.DictReader(f))) == 8  # 4 runs x 2 validations
 
@@ -368,7 +369,8 @@ def test_the_table_says_diverged_instead_of_a_constant_prediction_s_recall():
     console = Console(width=300, record=True)
     console.print(summary_table(summarize(runs)))
     text = console.export_text()
-    assert "Diverged" in text and "diverged" in text.split("upsample")[1].splitlines()[0]
+    assert "Div" in text and "diverged" in text.split("upsample")[1].splitlines()[0]
+    assert "1/1" in text.split("upsample")[1].splitlines()[0]
     assert "1.000" not in text
 
 
@@ -596,7 +598,7 @@ def test_a_negative_learning_rate_of_the_default_model_is_refused_before_trainin
     with pytest.raises(ConfigurationError, match=r"`--model` MLPClassifier.configure_optimizers\(\) refused its"
                                                  r" settings: Invalid learning rate: -1.0. Check --model-args"):
         compare(ComponentSpec(SmallDigits), model, runs=default_runs(only=["natural"]), settings=settings,
-                progress=False, on_checked=lambda: checked.append(True))
+                progress=False, on_checked=checked.append)
     assert not checked
 
 
@@ -637,20 +639,6 @@ def test_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
             assert p["step"] == q["step"]
             for key in ("loss_all", "loss_tail", "recall_macro", "recall_tail", "f1_head"):
                 assert p[key] == pytest.approx(q[key], abs=1e-5), key
-
-
-def test_domain_groups_are_refused_with_a_clear_error():
-    from lightning_balance import BalancedDataModule
-    from lightning_balance.compare import ConfigurationError, check_datamodule
-    from tests.helpers import DomainDataset
-
-    class Domains(BalancedDataModule):
-        def setup(self, stage=None):
-            self.train_dataset = DomainDataset([300, 60, 10])
-            self.val_dataset = self.train_dataset
-
-    with pytest.raises(ConfigurationError, match="not the class labels"):
-        check_datamodule(Domains())
 
 
 def test_verdict_without_the_runs_says_it_needs_them():

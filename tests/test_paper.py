@@ -8,11 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import lightning_balance.paper as paper
+import lightning_balance.experiments.paper as paper
 from lightning_balance import BalancedDataModule, scalarization_variance_factor, temperature_probs
-from lightning_balance.compare import CompareResult, RunResult, smoothed_rise, summarize
-from lightning_balance.datasets import independent_groups, long_tail_counts
-from lightning_balance.paper import (
+from lightning_balance.experiments.datasets import independent_groups, long_tail_counts
+from lightning_balance.experiments.paper import (
     BIAS_Z_LIMIT,
     GD_TOLERANCE,
     cooldown_check,
@@ -25,6 +24,8 @@ from lightning_balance.paper import (
     temperature_known_answer,
     variance_verdict,
 )
+from lightning_balance.experiments.runner import CompareResult, RunResult, smoothed_rise
+from lightning_balance.experiments.summary import summarize
 from lightning_balance.sampler import TemperatureSampler
 
 _TRUE_PROBS = temperature_probs
@@ -301,7 +302,7 @@ def test_check_d_cannot_judge_a_head_that_every_strategy_recalls_perfectly():
 
 
 def test_reproduce_returns_every_check(tmp_path):
-    from lightning_balance.compare import CompareSettings
+    from lightning_balance.experiments.settings import CompareSettings
 
     settings = CompareSettings(seeds=[0], max_steps=4, val_every=2)
     report = reproduce(settings, num_batches=20, temperatures=(1.0, 5.0), out_dir=tmp_path, progress=False)

@@ -46,7 +46,7 @@ from lightning_balance.tail_recall import TailRecall
 __all__ = ["GroupStats", "Recorder", "logits_and_target"]
 
 #: Strategies whose training loss must come from the logits (``balanced_cross_entropy``).
-_LOGIT_STRATEGIES = ("logit_adjust",)
+LOGIT_STRATEGIES = ("logit_adjust",)
 
 
 class GroupStats(Metric):
@@ -98,6 +98,17 @@ class _CallCounter:
         return self.method(*args, **kwargs)
 
 
+class _View:
+    """One way of predicting from the model's logits, with its own metrics and curve."""
+
+    def __init__(self, name: str, transform: Callable[[Any, Tensor], Tensor]) -> None:
+        self.name = name
+        self.transform = transform
+        self.recall: Optional[TailRecall] = None
+        self.stats: Optional[GroupStats] = None
+        self.curve: list[dict[str, Any]] = []
+
+
 class Recorder(Callback):
     """Per-group validation measurements at every validation, training samples, and the loss-hook check.
 
@@ -107,6 +118,11 @@ class Recorder(Callback):
         on_step: called with the optimizer step after every training batch (the progress bar).
         feed_policy: hand the per-group validation losses to the DataModule's loss tracking, for a mixing policy
             that decides from them (``AdaptiveMixing(..., on="validation")``).
+        twins: other ways of predicting from the same training, by name: ``transform(datamodule, logits)`` gives
+            the logits to predict with. A run whose training is the same as another's up to prediction (post-hoc
+            logit adjustment trains exactly like natural sampling) is measured from that run, at no extra training.
+        check_logits: on the first training batch, require the loss to come from
+            :func:`~lightning_balance.balanced_cross_entropy` (the logit-adjusted loss needs the logits).
     """
 
     def __init__(
@@ -115,17 +131,19 @@ class Recorder(Callback):
         model_name: str,
         on_step: Optional[Callable[[int], None]] = None,
         feed_policy: bool = False,
+        twins: Optional[Mapping[str, Callable[[Any, Tensor], Tensor]]] = None,
+        check_logits: bool = False,
     ) -> None:
         self.settings = settings
         self.model_name = model_name
         self.on_step = on_step
         self.feed_policy = feed_policy
-        self.curve: list[dict[str, Any]] = []
+        self.check_logits = check_logits
+        self.views = [_View("", lambda datamodule, logits: datamodule.prediction_logits(logits))]
+        self.views += [_View(name, transform) for name, transform in (twins or {}).items()]
         self.samples_seen = 0
         #: Passes over every group's training data when training ended (``None`` if unknown).
         self.epochs_per_group: Optional[list[float]] = None
-        self.recall: Optional[TailRecall] = None
-        self.stats: Optional[GroupStats] = None
         #: Step of the validation that found a non-finite training or validation loss (the run then stops).
         self.diverged_at: Optional[int] = None
         #: Whether training stopped on Ctrl-C (Lightning turns it into ``SystemExit``).
@@ -133,28 +151,40 @@ class Recorder(Callback):
         self._checked = False
         self._counters: dict[str, _CallCounter] = {}
         self._label_groups = True
+        self._num_groups = 0
         self._val_groups: Optional[Tensor] = None
         self._val_batches: Optional[list[list[int]]] = None
         self._masks: dict[str, Tensor] = {}
         self._train_nonfinite: Optional[Tensor] = None  # on the device: no synchronisation per step
 
+    @property
+    def curve(self) -> list[dict[str, Any]]:
+        """One point per validation, measured with the DataModule's own prediction."""
+        return self.views[0].curve
+
+    def twin_curve(self, name: str) -> list[dict[str, Any]]:
+        """The curve of the twin ``name``."""
+        return next(view.curve for view in self.views if view.name == name)
+
     # ------------------------------------------------------------------ set-up and training
     @override
     def setup(self, trainer: pl.Trainer, pl_module: LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule  # type: ignore[attr-defined]
-        if self.stats is None:
+        if not self._masks:
             counts = datamodule.group_counts
             s = self.settings
+            self._num_groups = len(counts)
             self._label_groups = datamodule.label_groups is not False
             self._masks = _split_masks(counts.double(), s.many, s.few, s.split)
-            if self._label_groups:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # an empty split is reported by the runner instead
-                    self.recall = TailRecall(counts, many=s.many, few=s.few, split=s.split,  # type: ignore[arg-type]
-                                             validate_args=False)
-            else:
+            if not self._label_groups:
                 self._val_groups = validation_groups(datamodule)
-            self.stats = GroupStats(len(counts))
+            for view in self.views:
+                if self._label_groups:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # an empty split is reported by the runner instead
+                        view.recall = TailRecall(counts, many=s.many, few=s.few, split=s.split,  # type: ignore[arg-type]
+                                                 validate_args=False)
+                view.stats = GroupStats(len(counts))
         if stage == "fit" and not self._counters:
             # An instance attribute shadows the method, so `balanced_loss` and `balanced_cross_entropy` reach it.
             for method in ("reduce_loss", "cross_entropy"):
@@ -167,7 +197,8 @@ class Recorder(Callback):
     ) -> None:
         if not self._checked:
             self._checked = True
-            self._check_loss_hook(trainer.datamodule.strategy)  # type: ignore[attr-defined]
+            strategy = trainer.datamodule.strategy  # type: ignore[attr-defined]
+            self._check_loss_hook(strategy if not self.check_logits else LOGIT_STRATEGIES[0])
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, Tensor):
             bad = ~torch.isfinite(loss.detach()).all()
@@ -181,7 +212,7 @@ class Recorder(Callback):
     def _check_loss_hook(self, strategy: str) -> None:
         reduce_calls = self._counters["reduce_loss"].calls if "reduce_loss" in self._counters else 1
         logit_calls = self._counters["cross_entropy"].calls if "cross_entropy" in self._counters else 1
-        if strategy in _LOGIT_STRATEGIES and logit_calls == 0:
+        if strategy in LOGIT_STRATEGIES and logit_calls == 0:
             raise ConfigurationError(
                 f"`--model` {self.model_name}: `training_step` did not compute its loss with"
                 f" `lightning_balance.balanced_cross_entropy(self, logits, target)`, so strategy={strategy!r}, which"
@@ -204,10 +235,11 @@ class Recorder(Callback):
     # ------------------------------------------------------------------ validation
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: LightningModule) -> None:
-        for metric in (self.recall, self.stats):
-            if metric is not None:
-                metric.to(pl_module.device)
-                metric.reset()
+        for view in self.views:
+            for metric in (view.recall, view.stats):
+                if metric is not None:
+                    metric.to(pl_module.device)
+                    metric.reset()
         if not self._label_groups:
             # The validation loader does not shuffle: its batch sampler says which examples every batch holds (on
             # this rank, under a distributed sampler too).
@@ -231,19 +263,12 @@ class Recorder(Callback):
         if trainer.sanity_checking:
             return
         datamodule = trainer.datamodule  # type: ignore[attr-defined]
-        logits, target = logits_and_target(pl_module, outputs, batch, self.model_name)
+        raw, target = logits_and_target(pl_module, outputs, batch, self.model_name)
         target = target.long().to(pl_module.device)
-        assert self.stats is not None
         where = f"`--datamodule` {type(datamodule).__name__}"
-        logits = datamodule.prediction_logits(logits.detach())
-        losses = None
-        if logits.is_floating_point() and logits.ndim == 2:
-            losses = F.cross_entropy(logits.float(), target, reduction="none")
         if self._label_groups:
-            check_validation_labels(target, self.stats.num_groups, where)
+            check_validation_labels(target, self._num_groups, where)
             groups = target
-            self.recall.update(logits, target)  # type: ignore[union-attr]
-            correct = None
         else:
             assert self._val_groups is not None and self._val_batches is not None
             indices = self._val_batches[batch_idx]
@@ -254,24 +279,36 @@ class Recorder(Callback):
                     " validation DataLoader's batches as the DataModule builds them."
                 )
             groups = self._val_groups[torch.as_tensor(indices, dtype=torch.long)].to(pl_module.device)
+        for i, view in enumerate(self.views):
+            losses = self._update(view, view.transform(datamodule, raw.detach()), target, groups)
+            if i == 0 and self.feed_policy:
+                # AdaptiveMixing reads per-group validation losses from the DataModule's loss tracking.
+                datamodule.reduce_loss(losses.detach(), groups)
+
+    def _update(self, view: _View, logits: Tensor, target: Tensor, groups: Tensor) -> Tensor:
+        assert view.stats is not None
+        if logits.is_floating_point() and logits.ndim == 2:
+            losses = F.cross_entropy(logits.float(), target, reduction="none")
+        else:
+            losses = torch.full(target.shape, math.nan, device=target.device)
+        correct = None
+        if view.recall is not None:
+            view.recall.update(logits, target)
+        else:
             predicted = logits.argmax(dim=1) if logits.is_floating_point() else logits
             finite = torch.isfinite(logits).all(dim=1) if logits.is_floating_point() else torch.ones_like(target)
             correct = (predicted == target) & finite.bool()
-        if losses is None:
-            losses = torch.full(target.shape, math.nan, device=target.device)
-        self.stats.update(losses, groups, correct)
-        if self.feed_policy:
-            # AdaptiveMixing reads per-group validation losses from the DataModule's loss tracking.
-            datamodule.reduce_loss(losses.detach(), groups)
+        view.stats.update(losses, groups, correct)
+        return losses
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
         # Every rank computes: the metrics sum their states over processes here.
-        stats = self.stats.compute()  # type: ignore[union-attr]
-        values = self.recall.compute() if self.recall is not None else None
-        nonfinite = int(stats["nonfinite"])
+        computed = [(view, view.stats.compute(), view.recall.compute() if view.recall is not None else None)  # type: ignore[union-attr]
+                    for view in self.views]
+        nonfinite = int(computed[0][1]["nonfinite"])
         train_bad = bool(self._train_nonfinite) if self._train_nonfinite is not None else False
         # Every rank takes the same decision, so that all of them stop at this validation.
         train_bad = bool(trainer.strategy.reduce_boolean_decision(train_bad, all=False))
@@ -279,17 +316,17 @@ class Recorder(Callback):
             self.diverged_at = int(trainer.global_step)
         if self.diverged_at is not None:
             trainer.should_stop = True  # a diverged run measures nothing more
-        point = self._point(trainer, stats, values, nonfinite, train_bad)
-        # The same values on every rank: logged without a reduction.
-        pl_module.log_dict({f"compare/{k}": float(point[k]) for k in ("recall_head", "recall_medium", "recall_tail",
-                                                                       "recall_worst", "f1_tail", "loss_head",
-                                                                       "loss_tail") if math.isfinite(point[k])})
-        if not trainer.is_global_zero:
-            return
-        if self.curve and self.curve[-1]["step"] == point["step"]:
-            self.curve[-1] = point
-        else:
-            self.curve.append(point)
+        for view, stats, values in computed:
+            point = self._point(trainer, stats, values, int(stats["nonfinite"]), train_bad)
+            prefix = "compare/" + (f"{view.name}/" if view.name else "")
+            # The same values on every rank: logged without a reduction.
+            pl_module.log_dict({prefix + k: float(point[k]) for k in _LOGGED if math.isfinite(point[k])})
+            if not trainer.is_global_zero:
+                continue
+            if view.curve and view.curve[-1]["step"] == point["step"]:
+                view.curve[-1] = point
+            else:
+                view.curve.append(point)
 
     def _point(self, trainer: pl.Trainer, stats: dict[str, Tensor], values: Optional[dict[str, Tensor]],
                nonfinite: int, train_bad: bool) -> dict[str, Any]:
@@ -328,6 +365,10 @@ class Recorder(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt):
             self.interrupted = True
+
+
+#: Measurements logged to the Trainer's loggers at every validation.
+_LOGGED = ("recall_head", "recall_medium", "recall_tail", "recall_worst", "f1_tail", "loss_head", "loss_tail")
 
 
 def _nanmean(values: Tensor) -> float:

@@ -55,7 +55,7 @@ from lightning_balance.experiments.checks import (
     check_trainer_arguments,
 )
 from lightning_balance.experiments.progress import RunProgress, load_average, quiet_lightning
-from lightning_balance.experiments.recorder import Recorder
+from lightning_balance.experiments.recorder import LOGIT_STRATEGIES, Recorder
 from lightning_balance.experiments.settings import (
     CLASS_COUNT_STRATEGIES,
     METRICS,
@@ -346,6 +346,41 @@ def run_once(
     Raises:
         KeyboardInterrupt: training was interrupted (Ctrl-C); Lightning's own ``SystemExit`` is turned back into it.
     """
+    results = _train(spec, seed, data, model, settings, on_step, log_dir)
+    return results[0] if results else None
+
+
+def is_twin(spec: RunSpec, of: RunSpec) -> bool:
+    """Whether ``spec`` trains exactly like ``of`` and differs only in how it predicts.
+
+    Post-hoc logit adjustment trains like natural sampling (the same sample stream, a plain mean loss) and
+    subtracts :math:`\tau \log \pi` from the logits at prediction, so it is measured from the natural run.
+    """
+    plain = of.saln_keep is None and of.policy is None and not of.options
+    return spec.strategy == "logit_adjust_posthoc" and of.strategy == "natural" and plain and spec.policy is None
+
+
+def _posthoc(tau: float) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    def transform(datamodule: Any, logits: torch.Tensor) -> torch.Tensor:
+        from lightning_balance.losses import class_priors, posthoc_logit_adjustment
+
+        return posthoc_logit_adjustment(logits, class_priors(datamodule.group_counts), tau)
+
+    return transform
+
+
+def _train(
+    spec: RunSpec,
+    seed: int,
+    data: ComponentSpec,
+    model: Optional[ComponentSpec],
+    settings: CompareSettings,
+    on_step: Optional[Callable[[int], None]] = None,
+    log_dir: Optional[Union[str, Path]] = None,
+    twins: Sequence[RunSpec] = (),
+    check_logits: bool = False,
+) -> list[RunResult]:
+    """Train ``spec`` with ``seed``; its result first, then one per twin measured from the same training."""
     pl.seed_everything(seed, verbose=False)
     datamodule = data.build(**spec.datamodule_kwargs, seed=seed)
     if model is None or model.size_from_data:
@@ -354,7 +389,8 @@ def run_once(
     apply_optimizer(module, settings)
     policy = _policy_callback(spec, settings)
     feed = policy is not None and spec.policy == "overfit_guard"
-    recorder = Recorder(settings, model_name, on_step, feed_policy=feed)
+    transforms = {twin.name: _posthoc(float(dict(twin.options).get("tau", 1.0))) for twin in twins}
+    recorder = Recorder(settings, model_name, on_step, feed_policy=feed, twins=transforms, check_logits=check_logits)
     callbacks: list[Callback] = [recorder] + ([policy] if policy is not None else [])
     saln = None
     if spec.saln_keep is not None:
@@ -380,20 +416,22 @@ def run_once(
     wall = time.perf_counter() - start
     load.append(load_average())
     if not trainer.is_global_zero:
-        return None
+        return []
     samples = recorder.samples_seen if saln is None else int(saln.samples_kept) * trainer.world_size  # type: ignore[has-type]
-    result = _run_result(spec, seed, recorder, trainer, samples, wall, settings)
-    result.load_average = load
-    if policy is not None:
-        result.mixing = [dict(entry) for entry in policy.history]  # type: ignore[attr-defined]
-    return result
+    results = []
+    for run, curve in [(spec, recorder.curve), *((twin, recorder.twin_curve(twin.name)) for twin in twins)]:
+        result = _run_result(run, seed, recorder, curve, trainer, samples, wall, settings)
+        result.load_average = load
+        if policy is not None:
+            result.mixing = [dict(entry) for entry in policy.history]  # type: ignore[attr-defined]
+        results.append(result)
+    return results
 
 
 def _run_result(
-    spec: RunSpec, seed: int, recorder: Recorder, trainer: pl.Trainer, samples: int, wall: float,
-    settings: CompareSettings,
+    spec: RunSpec, seed: int, recorder: Recorder, curve: list[dict[str, Any]], trainer: pl.Trainer, samples: int,
+    wall: float, settings: CompareSettings,
 ) -> RunResult:
-    curve = recorder.curve
     final = {name: curve[-1][name] for name in METRICS} if curve else {name: math.nan for name in METRICS}
     reached = next((p["step"] for p in curve if p["recall_tail"] >= settings.tail_target), None)
     tail_losses = [(p["loss_tail"], p["step"]) for p in curve if math.isfinite(p["loss_tail"])]
@@ -633,35 +671,46 @@ def compare(
             _check_resume(previous, described)
         finished = {(r.name, r.seed): r for r in (previous.runs if previous is not None else [])}
         results: list[RunResult] = []
-        plan = [(spec, seed) for spec in runs for seed in settings.seeds]
-        described["runs_planned"] = len(plan)
+        # A run that trains like another one is measured from it (see `is_twin`).
+        twins = {run.name: [t for t in runs if t is not run and is_twin(t, run)] for run in runs}
+        measured_by = {t.name for ts in twins.values() for t in ts}
+        plan = [(spec, seed) for spec in runs if spec.name not in measured_by for seed in settings.seeds]
+        described["runs_planned"] = len(runs) * len(settings.seeds)
+        order = {run.name: i for i, run in enumerate(runs)}
         interrupted: Optional[str] = None
 
         def current(complete: bool) -> CompareResult:
             settings_now = {**described, "runs_finished": len(results)}
             if interrupted is not None:
                 settings_now["interrupted"] = interrupted
-            return CompareResult(settings_now, list(results),
-                                 summarize(results, settings.tail_target, settings.select) if results else [],
+            ordered = sorted(results, key=lambda r: (order.get(r.name, len(order)), settings.seeds.index(r.seed)))
+            return CompareResult(settings_now, ordered,
+                                 summarize(ordered, settings.tail_target, settings.select) if ordered else [],
                                  complete)
 
         if on_checked is not None:
             on_checked(current(complete=False))
+        needs_logits = any(run.strategy in LOGIT_STRATEGIES for run in runs)
         with _keep_sigint_handler(), RunProgress(len(plan), settings.max_steps, progress) as bar:
             for i, (spec, seed) in enumerate(plan):
+                pending = [t for t in twins.get(spec.name, []) if (t.name, seed) not in finished]
+                results += [finished[(t.name, seed)] for t in twins.get(spec.name, []) if (t.name, seed) in finished]
                 if (spec.name, seed) in finished:
                     results.append(finished[(spec.name, seed)])
-                    continue
+                    if not pending:
+                        continue
+                    spec, pending = pending[0], []  # the twin trains on its own
                 bar.start_run(f"{spec.name} seed {seed} [{i + 1}/{len(plan)}]", i)
                 try:
-                    result = run_once(spec, seed, data, model, settings, on_step=bar.at_step, log_dir=log_dir)
+                    measured = _train(spec, seed, data, model, settings, bar.at_step, log_dir, pending,
+                                      check_logits=needs_logits and i == 0)
                 except KeyboardInterrupt:
                     interrupted = f"{spec.name} seed {seed}"
                     break
-                if result is not None:
-                    results.append(result)
+                if measured:
+                    results += measured
                     if on_run is not None:
                         on_run(current(complete=False))
             if interrupted is None:
-                bar.start_run(f"{len(plan)} runs done", len(plan))
+                bar.start_run(f"{len(plan)} trainings done", len(plan))
     return current(complete=interrupted is None)

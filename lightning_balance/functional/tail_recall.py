@@ -307,11 +307,30 @@ def _tail_recall_format(preds: Tensor, target: Tensor, ignore_index: Optional[in
     return preds, target
 
 
+#: Up to this many classes the counts come from torchmetrics' multiclass stat scores (a ``C x C`` confusion
+#: matrix); above it, from three bincounts, whose memory stays O(C) for tens of thousands of classes.
+STAT_SCORES_MAX_CLASSES = 1024
+
+
 def _tail_recall_update(preds: Tensor, target: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
     """Per-class true positives, false positives and false negatives (int64 tensors of length ``num_classes``).
 
-    Three bincounts instead of a ``C x C`` confusion matrix: memory stays O(C) for thousands of classes.
+    Rows that predict a class are counted by torchmetrics' ``_multiclass_stat_scores_update`` (the counting that
+    ``MulticlassStatScores`` uses) for up to :data:`STAT_SCORES_MAX_CLASSES` classes, by three bincounts above; a
+    ``_NO_PREDICTION`` row (NaN or inf logits) is a false negative of its target and predicts no class.
     """
+    if num_classes > STAT_SCORES_MAX_CLASSES:
+        return _bincount_update(preds, target, num_classes)
+    from torchmetrics.functional.classification.stat_scores import _multiclass_stat_scores_update
+
+    predicted = preds != _NO_PREDICTION
+    tp, fp, _, fn = _multiclass_stat_scores_update(preds[predicted], target[predicted], num_classes, average="none")
+    missed = torch.bincount(target[~predicted], minlength=num_classes)
+    return tp.long(), fp.long(), fn.long() + missed
+
+
+def _bincount_update(preds: Tensor, target: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_tail_recall_update` with three bincounts instead of a ``C x C`` confusion matrix."""
     support = torch.bincount(target, minlength=num_classes)
     # Shifted by one so that `_NO_PREDICTION` rows fall in bin 0 and predict no class, without a masking sync.
     predicted = torch.bincount(preds - _NO_PREDICTION, minlength=num_classes + 1)[1:]

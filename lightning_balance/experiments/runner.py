@@ -351,7 +351,7 @@ def run_once(
 
 
 def is_twin(spec: RunSpec, of: RunSpec) -> bool:
-    """Whether ``spec`` trains exactly like ``of`` and differs only in how it predicts.
+    r"""Whether ``spec`` trains exactly like ``of`` and differs only in how it predicts.
 
     Post-hoc logit adjustment trains like natural sampling (the same sample stream, a plain mean loss) and
     subtracts :math:`\tau \log \pi` from the logits at prediction, so it is measured from the natural run.

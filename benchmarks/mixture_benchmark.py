@@ -707,6 +707,12 @@ def _sampler_chunk() -> Optional[int]:
     return getattr(sampler_module, "_YIELD_CHUNK", None)
 
 
+def _sampler_first_chunk() -> Optional[int]:
+    from lightning_balance import sampler as sampler_module
+
+    return getattr(sampler_module, "_FIRST_CHUNK", None)
+
+
 # ---------------------------------------------------------------------------------------------- HF datasets
 def section_hf(cfg: dict[str, Any]) -> dict[str, Any]:
     if version("datasets") is None:
@@ -1322,9 +1328,9 @@ def render_litdata(s: dict[str, Any], goals: list[str]) -> list[str]:
     if chunk:
         out += [
             "",
-            f"Ours' first batch costs more than its seek because `MixtureSampler.__iter__` computes its first"
-            f" chunk of {chunk:,} positions before it yields the first index; the seek-only column is what a"
-            " first chunk of one batch would cost.",
+            f"`MixtureSampler.__iter__` computes its positions in chunks that start at"
+            f" {_sampler_first_chunk() or chunk:,} per process and double up to {chunk:,}, so the"
+            " first batch costs about one seek; the seek-only column is `Mixture.indices` alone.",
         ]
     out += ["", *[f"- {n}" for n in s["notes"]], "", _load_line(s), ""]
     top = max(r["seen"] for r in s["resume"])

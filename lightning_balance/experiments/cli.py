@@ -744,7 +744,7 @@ def _step_progress_bar() -> Any:
             if trainer.max_epochs is not None and trainer.max_epochs > 0:
                 text += f"/{trainer.max_epochs - 1}"
             elif trainer.max_steps is not None and trainer.max_steps > 0:
-                text += f" · step {trainer.global_step}/{trainer.max_steps}"
+                text += f" (max_steps {trainer.max_steps})"
             return f"{text:{len(self.validation_description)}}"
 
     return StepProgressBar()

@@ -127,7 +127,8 @@ def summary_table(summary: Sequence[Mapping[str, Any]], title: Optional[str] = N
         default = f"{which.capitalize()}, mean ± std over the seeds (of {seeds}) that did not diverge"
     if not label_groups:
         default += "; accuracy per group"
-    table = Table(title=title or default, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    table = Table(title=title or default, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+                  title_justify="left")
     for i, header in enumerate(_headers(summary, label_groups)):
         table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
     for row in summary:
@@ -143,7 +144,7 @@ def best_table(summary: Sequence[Mapping[str, Any]]) -> Any:
     metric = summary[0].get("best_metric", "f1_tail") if summary else "f1_tail"
     words = {v: k for k, v in PREFERENCES.items() if k != "balanced"}.get(metric, metric)
     table = Table(title=f"Best validation by {metric} ({words}) beside the final one, mean over seeds",
-                  box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, title_justify="left")
     for i, header in enumerate(["Strategy", "Best step", f"Best {metric}", f"Final {metric}", "Final − best"]):
         table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
     for row in summary:

@@ -173,3 +173,63 @@ def test_cuda_solvers_match_cpu():
     for method in ("eigh", "subspace"):
         got = fiedler_vectors(sim.cuda(), method=method)
         torch.testing.assert_close(got.cpu(), want, atol=2e-4, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------- from the features
+
+
+@pytest.mark.parametrize("negative", ["clamp", "shift", "abs"])
+@pytest.mark.parametrize("laplacian", LAPLACIANS)
+def test_the_floor_proven_from_the_features_is_below_the_spectrum(negative, laplacian):
+    import lightning_balance.functional.fiedler as fiedler_module
+    from lightning_balance.functional.spectral import _unit_rows
+
+    floors = []
+
+    def capture(*args, **kwargs):
+        floors.append(kwargs["floor"])
+        return solve(*args, **kwargs)
+
+    solve = fiedler_module._solve_iterative
+    for x in (mixture(3, 150, seed=11), torch.relu(mixture(3, 150, seed=12)), digits_batches(3, 150)):
+        floors.clear()
+        fiedler_module._solve_iterative = capture
+        try:
+            got = spectral_scores(x, laplacian=laplacian, negative=negative, solver="subspace")
+        finally:
+            fiedler_module._solve_iterative = solve
+        unit = _unit_rows(x.double())
+        sim = _similarity(unit, negative)
+        degree = sim.sum(-1)
+        if laplacian == "plain":
+            c = 2 * degree.amax(-1, keepdim=True)
+            op = sim / c.unsqueeze(-1) + torch.diag_embed(1 - degree / c)
+        else:
+            inv = degree.rsqrt()
+            op = inv.unsqueeze(-1) * sim * inv.unsqueeze(-2)
+        lowest = torch.linalg.eigvalsh(op)[:, 0]
+        assert (floors[0].double() <= lowest + 1e-6).all(), (floors[0], lowest)
+        torch.testing.assert_close(got, spectral_scores(x, laplacian=laplacian, negative=negative, solver="eigh"),
+                                   atol=2e-4, rtol=0)
+
+
+def test_low_rank_products_match_the_built_graph():
+    # Non-negative features under clamp, and shift with any features: the graph is never built.
+    import lightning_balance.functional.spectral as spectral_module
+
+    built = []
+    similarity = spectral_module._similarity
+
+    def spy(*args, **kwargs):
+        built.append(True)
+        return similarity(*args, **kwargs)
+
+    for x, negative in ((digits_batches(4, 300), "clamp"), (mixture(4, 300, seed=13), "shift")):
+        built.clear()
+        spectral_module._similarity = spy
+        try:
+            fast = spectral_scores(x, negative=negative, solver="subspace")
+        finally:
+            spectral_module._similarity = similarity
+        assert not built
+        torch.testing.assert_close(fast, spectral_scores(x, negative=negative, solver="eigh"), atol=2e-4, rtol=0)

@@ -44,6 +44,7 @@ normalised again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, NamedTuple, Optional
 
 import torch
@@ -59,7 +60,7 @@ _LAPLACIANS = ("plain", "normalized", "random_walk")
 AUTO_SUBSPACE_MIN_SIZE = 128
 
 # Chebyshev degree per outer step and outer steps before giving up (then eigh). Chosen by measurement, see above.
-_DEGREE = 4
+_DEGREE = 5
 _MAX_ITER = 12
 
 
@@ -116,7 +117,7 @@ def fiedler_vectors(
         laplacian: ``"random_walk"``, ``"normalized"`` or ``"plain"``.
         method: ``"auto"``, ``"eigh"``, ``"subspace"`` or ``"lobpcg"`` (see the module docstring).
         tol: residual tolerance of the iterative solvers, in units of the operator's spectrum (which lies in
-            ``[-1, 1]``); default ``2e-5`` in float32, ``1e-10`` in float64.
+            ``[-1, 1]``); default ``1e-5`` in float32, ``1e-10`` in float64.
         block_size: vectors in the subspace iteration's block (capped at ``B - 1``). It should exceed the number
             of clusters a batch typically holds: their eigenvalues crowd the top of the spectrum.
         max_iter: outer steps of the iterative solvers before they hand the graph to ``eigh``.
@@ -160,22 +161,107 @@ def fiedler_vectors(
     if resolved == "eigh" or n == 0:
         vectors = _fiedler_eigh(sim, laplacian)
         return FiedlerResult(vectors, no_fallback, "eigh") if return_info else vectors
+    vectors, fallback = _solve_iterative(
+        lambda v: sim @ v, sim.sum(-1), laplacian, resolved, lambda rows: _fiedler_eigh(sim[rows], laplacian),
+        tol=tol, block_size=block_size, max_iter=max_iter,
+    )
+    return FiedlerResult(vectors, fallback, resolved) if return_info else vectors
+
+
+def _solve_iterative(
+    sim_apply: Callable[[torch.Tensor], torch.Tensor],
+    degree: torch.Tensor,
+    laplacian: str,
+    method: str,
+    eigh_rows: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    tol: Optional[float],
+    block_size: int,
+    max_iter: Optional[int],
+    floor: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An iterative solve from the similarity's action ``sim_apply(v) = S @ v`` on ``[N, B, p]`` blocks and the
+    degrees; ``eigh_rows(rows)`` solves the graphs it hands back. Returns the vectors and the fallback mask.
+
+    ``floor`` (``[N]``) is a proven lower bound of the shifted operator's spectrum tighter than the general one
+    (-1 for the normalized adjacency, 0 for the plain shift): the Chebyshev filter damps ``[floor, upper]``, and the
+    narrower that interval the fewer steps it needs.
+    """
+    b = degree.shape[-1]
     if tol is None:
-        tol = 1e-10 if sim.dtype == torch.float64 else 2e-5
-    op, trivial, lower, degree = _operator(sim, laplacian)
+        tol = 1e-10 if degree.dtype == torch.float64 else 1e-5
+    op, trivial, lower = _operator(sim_apply, degree, laplacian)
     iterations = _MAX_ITER if max_iter is None else int(max_iter)
-    if resolved == "subspace":
-        vec, theta, residual = _subspace(op, trivial, lower, min(block_size, b - 1), iterations, tol)
+    if method == "subspace":
+        bound = torch.full_like(degree[:, 0], lower) if floor is None else floor.clamp(min=lower)
+        vec, theta, residual = _subspace(op, trivial, bound, min(block_size, b - 1), iterations, tol)
     else:
         vec, theta, residual = _lobpcg(op, trivial, iterations, tol)
-    ok = _accept(theta, residual, degree, laplacian, tol, sim.dtype)
+    ok = _accept(theta, residual, degree, laplacian, tol, degree.dtype)
     vectors = _finish(vec, degree, laplacian)
     # The one host decision of an iterative solve: which graphs eigh has to take. Free on the CPU.
     fallback = ~ok
     if bool(fallback.any()):
         rows = torch.nonzero(fallback).flatten()
-        vectors = vectors.index_copy(0, rows, _fiedler_eigh(sim[rows], laplacian))
-    return FiedlerResult(vectors, fallback, resolved) if return_info else vectors
+        vectors = vectors.index_copy(0, rows, eigh_rows(rows))
+    return vectors, fallback
+
+
+def _cosine_graph_solve(
+    unit: torch.Tensor, negative: str, laplacian: str, sim: Optional[torch.Tensor],
+    eigh_rows: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    r"""Subspace iteration on the cosine graph of the unit rows ``unit`` ``[N, B, D]``, with a spectrum floor proven
+    from the rows, and without forming the graph when ``sim`` is None.
+
+    Write the graph as :math:`S = G + N - \mathrm{diag}` with :math:`G = U U^\top` (positive semi-definite) and
+    :math:`N \ge 0` what the negative-similarity rule added (``clamp``: :math:`\max(-G, 0)`; ``abs``: twice
+    that; ``shift`` rescales instead). For :math:`y = D^{-1/2} x`, :math:`y^\top G y \ge 0` and
+    :math:`y^\top N y \ge -\sum_i r_i y_i^2` with :math:`r_i` the row sums of :math:`N`, so the normalized
+    adjacency has no eigenvalue below :math:`-\max_i (S_{ii}^{removed} + r_i) / d_i`, and :math:`r_i` is the
+    degree minus the row sum of :math:`G`, an :math:`O(B D)` product. That floor is about -0.1 where the general
+    one is -1, and the Chebyshev filter over the narrower interval needs a fraction of the steps.
+
+    When ``sim`` is None (``shift``, or ``clamp`` with no negative cosine) the products go through the rows:
+    :math:`S V = U (U^\top V) - \mathrm{diag}(S^{removed}) V` (plus :math:`1 1^\top V / 2` and halved for
+    ``shift``), which costs :math:`4 B D p` and never builds the :math:`B \times B` Gram matrix.
+    """
+    ut = unit.mT.contiguous()  # a transposed view would be copied by every product
+    loops = torch.linalg.vector_norm(unit, dim=-1, keepdim=True).square()  # diag(U U^T): 1, or 0 (zero row)
+    ones = torch.ones(*unit.shape[:-1], 1, dtype=unit.dtype, device=unit.device)
+    gram_rows = (unit @ (ut @ ones)).squeeze(-1) - loops.squeeze(-1)  # sum over j != i of G_ij
+    if negative == "shift":
+        loops = 0.5 * (loops + 1.0)
+    if sim is not None:
+        def sim_apply(v: torch.Tensor) -> torch.Tensor:
+            return sim @ v
+
+        degree = sim.sum(-1)
+    elif negative == "shift":
+        def sim_apply(v: torch.Tensor) -> torch.Tensor:
+            return 0.5 * (unit @ (ut @ v) + v.sum(-2, keepdim=True)) - loops * v
+
+        degree = sim_apply(ones).squeeze(-1).clamp_min(0.0)
+    else:
+        def sim_apply(v: torch.Tensor) -> torch.Tensor:
+            return unit @ (ut @ v) - loops * v
+
+        degree = sim_apply(ones).squeeze(-1).clamp_min(0.0)
+    # Row sums of N: what clamp or abs added to G off the diagonal; shift adds only positive semi-definite terms.
+    added = torch.zeros_like(degree) if negative == "shift" else (degree - gram_rows).clamp_min(0.0)
+    removed = loops.squeeze(-1) + added
+    tiny = torch.finfo(degree.dtype).tiny
+    if laplacian == "plain":
+        # L = D - S <= D + diag(removed), so I - L / c with c = 2 max(d) stays above 1 - max(d + removed) / c.
+        c = (2.0 * degree.amax(-1)).clamp_min(tiny)
+        floor = 1.0 - (degree + removed).amax(-1) / c
+    else:
+        floor = -(removed / degree.clamp_min(tiny)).amax(-1)
+    # A margin for the rounding of the products the bound is computed from.
+    floor = floor - 1e-3
+    vectors, _ = _solve_iterative(sim_apply, degree, laplacian, "subspace", eigh_rows, tol=None, block_size=16,
+                                  max_iter=None, floor=floor)
+    return vectors
 
 
 # ------------------------------------------------------------------------------------------------ eigh
@@ -243,24 +329,26 @@ def _finish(fiedler: torch.Tensor, degree: torch.Tensor, laplacian: str) -> torc
 # ------------------------------------------------------------------------------------------------ iterative
 
 
-def _operator(sim: torch.Tensor, laplacian: str) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]:
-    """The shifted operator whose second-largest eigenvector is the Fiedler vector, its known top eigenvector,
-    a lower bound of its spectrum, and the degrees.
+def _operator(
+    sim_apply: Callable[[torch.Tensor], torch.Tensor], degree: torch.Tensor, laplacian: str
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, float]:
+    """The shifted operator whose second-largest eigenvector is the Fiedler vector (as a function of a block
+    ``[N, B, p]``), its known top eigenvector and a lower bound of its spectrum.
+
+    The operator is never formed: scaling the block before and after the product with the similarity costs
+    ``O(B p)``, a new ``[N, B, B]`` matrix as much as a product.
     """
-    b = sim.shape[-1]
-    degree = sim.sum(-1)
+    b = degree.shape[-1]
     if laplacian == "plain":
         # I - L / c with c = 2 max(d) >= the largest eigenvalue of L: spectrum in [0, 1], top eigenvector 1.
-        c = (2.0 * degree.amax(-1, keepdim=True)).clamp_min(torch.finfo(sim.dtype).tiny)
-        op = sim / c.unsqueeze(-1)
-        op.diagonal(dim1=-2, dim2=-1).add_(1.0 - degree / c)
+        c = (2.0 * degree.amax(-1, keepdim=True)).clamp_min(torch.finfo(degree.dtype).tiny)
+        inv_c, keep = c.reciprocal().unsqueeze(-1), (1.0 - degree / c).unsqueeze(-1)
         trivial = torch.full_like(degree, b**-0.5)
-        return op, trivial, 0.0, degree
-    inv_sqrt = _inv_sqrt(degree)
-    op = (sim * inv_sqrt.unsqueeze(-1)).mul_(inv_sqrt.unsqueeze(-2))
+        return (lambda v: sim_apply(v) * inv_c + keep * v), trivial, 0.0
+    inv_sqrt = _inv_sqrt(degree).unsqueeze(-1)
     trivial = degree.sqrt()
-    trivial = trivial / torch.linalg.vector_norm(trivial, dim=-1, keepdim=True).clamp_min(torch.finfo(sim.dtype).eps)
-    return op, trivial, -1.0, degree
+    trivial = trivial / torch.linalg.vector_norm(trivial, dim=-1, keepdim=True).clamp_min(torch.finfo(degree.dtype).eps)
+    return (lambda v: inv_sqrt * sim_apply(inv_sqrt * v)), trivial, -1.0
 
 
 def _deflate(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -268,11 +356,11 @@ def _deflate(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return v - t.unsqueeze(-1) * (t.unsqueeze(-2) @ v)
 
 
-def _start(op: torch.Tensor, trivial: torch.Tensor, p: int) -> torch.Tensor:
+def _start(trivial: torch.Tensor, p: int) -> torch.Tensor:
     # A fixed seed: the same graph always gets the same start, hence the same answer, and the caller's random
     # streams are untouched.
-    gen = torch.Generator(device=op.device).manual_seed(0)
-    v = torch.randn(op.shape[0], op.shape[-1], p, generator=gen, device=op.device, dtype=op.dtype)
+    gen = torch.Generator(device=trivial.device).manual_seed(0)
+    v = torch.randn(*trivial.shape, p, generator=gen, device=trivial.device, dtype=trivial.dtype)
     return torch.linalg.qr(_deflate(v, trivial)).Q
 
 
@@ -285,42 +373,54 @@ def _rayleigh_ritz(v: torch.Tensor, av: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 def _subspace(
-    op: torch.Tensor, trivial: torch.Tensor, lower: float, p: int, iterations: int, tol: float
+    op: Callable[[torch.Tensor], torch.Tensor], trivial: torch.Tensor, lower: torch.Tensor, p: int, iterations: int,
+    tol: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Chebyshev-filtered subspace iteration: the leading Ritz vector, the two leading Ritz values and their
     residual norms.
     """
-    v = _start(op, trivial, p)
-    theta, x, ax = _rayleigh_ritz(v, op @ v)
+    # The known top eigenvector is projected out after every product: the filter grows it fastest of all, and
+    # a rounding-level remnant would otherwise swamp the block within a few steps.
+    raw = op
+
+    def op(v: torch.Tensor) -> torch.Tensor:
+        return _deflate(raw(v), trivial)
+
+    v = _start(trivial, p)
+    theta, x, ax = _rayleigh_ritz(v, op(v))
     residual = torch.linalg.vector_norm(ax[..., :2] - x[..., :2] * theta[:, None, :2], dim=-2)
     for _ in range(iterations):
-        if _host_reads_free(op.device) and bool((residual <= tol).all()):
+        if _host_reads_free(trivial.device) and bool((residual <= tol).all()):
             break  # a host decision is free on the CPU; elsewhere all steps run and nothing waits for the device
         # Damp [lower, smallest Ritz value]: everything below the block's span. The wanted values lie above it.
-        upper = theta[:, -1].clamp(min=lower + 1e-3, max=1.0)
+        upper = torch.maximum(theta[:, -1], lower + 1e-3).clamp(max=1.0)
         half = ((upper - lower) / 2).view(-1, 1, 1)
         mid = ((upper + lower) / 2).view(-1, 1, 1)
         prev, cur = x, (ax - mid * x) / half
         for _ in range(_DEGREE - 1):
             # Rescaling every column keeps the growing polynomial inside float32; the recurrence is linear.
-            scale = torch.linalg.vector_norm(cur, dim=-2, keepdim=True).clamp_min(torch.finfo(op.dtype).tiny)
+            scale = torch.linalg.vector_norm(cur, dim=-2, keepdim=True).clamp_min(torch.finfo(cur.dtype).tiny)
             prev, cur = prev / scale, cur / scale
-            prev, cur = cur, 2 * (op @ cur - mid * cur) / half - prev
+            prev, cur = cur, 2 * (op(cur) - mid * cur) / half - prev
         v = torch.linalg.qr(_deflate(cur, trivial)).Q
-        theta, x, ax = _rayleigh_ritz(v, op @ v)
+        theta, x, ax = _rayleigh_ritz(v, op(v))
         residual = torch.linalg.vector_norm(ax[..., :2] - x[..., :2] * theta[:, None, :2], dim=-2)
     return x[..., 0], theta[:, :2], residual
 
 
 def _lobpcg(
-    op: torch.Tensor, trivial: torch.Tensor, iterations: int, tol: float
+    op: Callable[[torch.Tensor], torch.Tensor], trivial: torch.Tensor, iterations: int, tol: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``torch.lobpcg`` for the three largest eigenpairs (the trivial one first)."""
-    start = torch.cat([trivial.unsqueeze(-1), _start(op, trivial, 2)], dim=-1)
+    # torch.lobpcg takes a matrix: form the operator from its action on the identity.
+    b = trivial.shape[-1]
+    matrix = op(torch.eye(b, dtype=trivial.dtype, device=trivial.device).expand(trivial.shape[0], b, b))
+    matrix = 0.5 * (matrix + matrix.mT)
+    start = torch.cat([trivial.unsqueeze(-1), _start(trivial, 2)], dim=-1)
     # torch.lobpcg stops on a relative residual and `niter` counts single steps: a step of a block of three.
-    theta, x = torch.lobpcg(op, k=3, X=start, largest=True, tol=tol, niter=iterations * _DEGREE)
+    theta, x = torch.lobpcg(matrix, k=3, X=start, largest=True, tol=tol, niter=iterations * _DEGREE)
     theta, x = theta[:, 1:], x[..., 1:]
-    residual = torch.linalg.vector_norm(op @ x - x * theta.unsqueeze(-2), dim=-2)
+    residual = torch.linalg.vector_norm(op(x) - x * theta.unsqueeze(-2), dim=-2)
     # The trivial vector is not deflated here: the answer counts only if lobpcg found it as the top pair.
     residual = torch.where((trivial.unsqueeze(-2) @ x).abs().squeeze(-2) < 1e-3, residual, torch.inf)
     return x[..., 0], theta, residual
@@ -335,9 +435,9 @@ def _accept(
     # (normalized) or c = 2 max(d) (plain), so this threshold, with a margin, is never below the one eigh uses.
     if laplacian == "plain":
         c = 2.0 * degree.amax(-1)
-        gap = 4 * eps**0.5 * c.clamp_min(1.0) / c.clamp_min(torch.finfo(dtype).tiny) + 4 * tol
+        gap = 1.5 * eps**0.5 * c.clamp_min(1.0) / c.clamp_min(torch.finfo(dtype).tiny) + 4 * tol
     else:
-        gap = torch.full_like(degree[:, 0], 8 * eps**0.5 + 4 * tol)
+        gap = torch.full_like(degree[:, 0], 3 * eps**0.5 + 4 * tol)
     converged = (residual <= tol).all(-1)
     connected = (1.0 - theta[:, 0]) > gap
     simple = (theta[:, 0] - theta[:, 1]) > gap

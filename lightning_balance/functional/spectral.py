@@ -45,7 +45,15 @@ from typing import Literal, Optional
 
 import torch
 
-from lightning_balance.functional.fiedler import _FIEDLER_METHODS, FiedlerMethod, _host_reads_free, fiedler_vectors
+from lightning_balance.functional.fiedler import (
+    _FIEDLER_METHODS,
+    FiedlerMethod,
+    _cosine_graph_solve,
+    _fiedler_eigh,
+    _host_reads_free,
+    fiedler_vectors,
+    resolve_fiedler_method,
+)
 
 __all__ = ["spectral_scores", "LaplacianKind", "NegativeSimilarity", "SpectralScore"]
 
@@ -127,22 +135,34 @@ def _gram(unit: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _similarity(x: torch.Tensor, negative: str, peak: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Non-negative cosine-similarity graph ``[N, B, B]`` without self-loops.
-
-    ``peak`` is ``x.abs().amax(-1, keepdim=True)`` when the caller has it already.
-    """
+def _unit_rows(x: torch.Tensor, peak: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Rows scaled to unit length (zero rows stay zero); ``peak`` is ``x.abs().amax(-1, keepdim=True)`` if known."""
     # Cosine similarity does not depend on scale: dividing every row by its largest absolute value first keeps the
     # norms in [1, sqrt(D)], so they neither overflow (values above ~1e19 in float32) nor underflow (~1e-30).
     # Per-row factors ([N, B, 1]) do the work of element-wise `where`s on [N, B, D].
     if x.shape[-1] > 0:
-        peak = x.abs().amax(dim=-1, keepdim=True) if peak is None else peak
+        peak = _peak(x) if peak is None else peak
         x = x * torch.where(peak > 0, peak, torch.ones_like(peak)).reciprocal()
+    else:
+        x = x.clone()
     norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
     # A zero row stays zero, so its cosine similarity with everything is 0 instead of 0/0.
-    unit = x * torch.where(norms > 0, norms.clamp_min(torch.finfo(x.dtype).tiny).reciprocal(), 0.0)
+    return x.mul_(torch.where(norms > 0, norms.clamp_min(torch.finfo(x.dtype).tiny).reciprocal(), 0.0))
+
+
+def _peak(x: torch.Tensor) -> torch.Tensor:
+    """The largest absolute value of every row, ``[..., B, 1]``, without an ``[..., B, D]`` temporary."""
+    return torch.linalg.vector_norm(x, ord=math.inf, dim=-1, keepdim=True)
+
+
+def _similarity(x: torch.Tensor, negative: str, peak: Optional[torch.Tensor] = None, *, unit: bool = False
+                ) -> torch.Tensor:
+    """Non-negative cosine-similarity graph ``[N, B, B]`` without self-loops (of rows already of unit length
+    when ``unit``).
+    """
+    rows = x if unit else _unit_rows(x, peak)
     # In place from here on: each fresh [N, B, B] temporary costs as much as the arithmetic on it.
-    sim = _gram(unit).clamp_(-1.0, 1.0)
+    sim = _gram(rows).clamp_(-1.0, 1.0)
     if negative == "clamp":
         sim.clamp_(min=0.0)
     elif negative == "shift":
@@ -151,6 +171,29 @@ def _similarity(x: torch.Tensor, negative: str, peak: Optional[torch.Tensor] = N
         sim.abs_()
     sim.diagonal(dim1=-2, dim2=-1).zero_()
     return sim
+
+
+def _fiedler(x: torch.Tensor, peak: Optional[torch.Tensor], laplacian: str, negative: str, solver: str) -> torch.Tensor:
+    """Fiedler vectors of the cosine graphs of ``x`` ``[N, B, D]``.
+
+    Subspace iteration runs on what the features prove about the graph (a tighter spectrum floor); when the graph
+    is a low-rank matrix off its diagonal (``negative="shift"`` always, ``"clamp"`` when no feature is negative,
+    so no cosine is) and ``D <= B``, its products go through the ``[B, D]`` unit rows and the ``B x B`` graph is
+    never built (it is, for the graphs handed to ``eigh``).
+    """
+    n, b, d = x.shape
+    unit = _unit_rows(x, peak)
+    method = resolve_fiedler_method(solver, b, x.device)
+    if method != "subspace" or b < 8 or d == 0:
+        return fiedler_vectors(_similarity(unit, negative, unit=True), laplacian, method=solver)
+    low_rank = d <= b and (negative == "shift" or (negative == "clamp" and not bool(unit.amin() < 0)))
+    sim = None if low_rank else _similarity(unit, negative, unit=True)
+
+    def eigh_rows(rows: torch.Tensor) -> torch.Tensor:
+        graphs = _similarity(unit[rows], negative, unit=True) if sim is None else sim[rows]
+        return _fiedler_eigh(graphs, laplacian)
+
+    return _cosine_graph_solve(unit, negative, laplacian, sim, eigh_rows)
 
 
 def _score(fiedler: torch.Tensor, score: str, labels: Optional[torch.Tensor]) -> torch.Tensor:
@@ -224,11 +267,11 @@ def spectral_scores(
     *batch_shape, b, d = features.shape
     dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
     x = features.detach().to(dtype).reshape(math.prod(batch_shape), b, d)
-    peak = x.abs().amax(dim=-1, keepdim=True) if d > 0 else None
+    peak = _peak(x) if d > 0 else None
     if peak is not None:
         _validate_finite(x, peak)
     if b < 3:
         return torch.zeros(features.shape[:-1], dtype=dtype, device=features.device)
-    fiedler = fiedler_vectors(_similarity(x, negative, peak), laplacian, method=solver)
+    fiedler = _fiedler(x, peak, laplacian, negative, solver)
     flat_labels = None if labels is None else labels.detach().reshape(math.prod(batch_shape), b).to(x.device)
     return _score(fiedler, score, flat_labels).reshape(*batch_shape, b)

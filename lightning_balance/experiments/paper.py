@@ -733,14 +733,19 @@ def _write_report(report: dict[str, Any], result: CompareResult, out: Path) -> N
     out.mkdir(parents=True, exist_ok=True)
     write_compare_outputs(result, out / "compare")
     counts = report["group_counts"]
-    measured = {r["temperature"]: r["measured_ratio"] for r in report["gradient_variance"]["digits"]}
-    plot_variance_factor(counts, measured=measured, path=out / "variance_digits.png")
-    eq_rows = report["gradient_variance"]["equal_moments"]
     from lightning_balance.experiments.datasets import long_tail_counts
 
-    plot_variance_factor(long_tail_counts(5000, 10, 100),
-                         measured={r["temperature"]: r["measured_ratio"] for r in eq_rows},
-                         path=out / "variance_equal_moments.png")
+    settings = {
+        "digits": (counts, "variance_digits.png",
+                   "Gradient variance, upweight / upsample: long-tailed digits (MLP after 100 GD steps)"),
+        "equal_moments": (long_tail_counts(5000, 10, 100), "variance_equal_moments.png",
+                          "Gradient variance, upweight / upsample: groups with equal gradient moments"),
+    }
+    for name, (sizes, file, title) in settings.items():
+        rows = report["gradient_variance"][name]
+        plot_variance_factor(sizes, measured={r["temperature"]: r["measured_ratio"] for r in rows},
+                             predicted={r["temperature"]: r["predicted_ratio"] for r in rows}, title=title,
+                             path=out / file)
     plot_temperature_probs(counts, path=out / "temperature_probs.png")
     write_json(report, out / "paper.json")
     (out / "report.md").write_text(report_markdown(report, result), encoding="utf-8")

@@ -64,6 +64,11 @@ def _styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
                    "marker": _MARKERS[i % len(_MARKERS)]} for i, name in enumerate(names)}
 
 
+def _number(value: Any) -> float:
+    """``value`` as a float, NaN for ``None`` (JSON's NaN)."""
+    return math.nan if value is None else float(value)
+
+
 def _spread_words(seeds: int) -> str:
     return f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed"
 
@@ -84,6 +89,9 @@ def log_steps_axis(ax: Axes, steps: Sequence[float]) -> None:
                                                     int(math.ceil(math.log10(high))) + 1)
                          for m in (1, 2, 5)})
     ticks = [t for t in candidates if low / 1.15 <= t <= high * 1.15]
+    distinct = sorted(set(finite))
+    if len(distinct) <= 6 and all(b / a >= 1.25 for a, b in zip(distinct, distinct[1:])):
+        ticks = distinct  # a short run: label every validation step (they are far enough apart on the log axis)
     if len(ticks) < 2:
         ticks = sorted({round(low), round(high)})
     while len(ticks) > 6:
@@ -171,39 +179,43 @@ def plot_tradeoff(
 
     ``highlight`` (the recommended strategy) is ringed and named in the title. Both axes end at 1.
     """
-    figure = _figure(7, 5.5)
+    figure = _figure(7, 6.5)
     ax = figure.subplots()
     styles = _styles([row["name"] for row in summary])
     which = "best validation" if summary and summary[0].get("select") == "best" else "final"
     measure = "recall" if label_groups else "accuracy"
     xs, ys = [], []
     for row in summary:
-        x, y = row["recall_head_mean"], row["recall_tail_mean"]
+        x, y = _number(row["recall_head_mean"]), _number(row["recall_tail_mean"])
         if not (np.isfinite(x) and np.isfinite(y)):
             continue  # every seed diverged: nothing to place
         xs.append(x)
         ys.append(y)
         style = styles[row["name"]]
-        xerr = row["recall_head_std"] if np.isfinite(row["recall_head_std"]) else None
-        yerr = row["recall_tail_std"] if np.isfinite(row["recall_tail_std"]) else None
-        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=style["marker"], capsize=3, color=style["color"], markersize=7,
-                    label=f"{row['name']} ({row['label']})")
+        xerr, yerr = (_number(row[key]) for key in ("recall_head_std", "recall_tail_std"))
+        xerr, yerr = (e if np.isfinite(e) else None for e in (xerr, yerr))
+        bars = ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=style["marker"], capsize=3, color=style["color"],
+                           markersize=7, label=f"{row['name']} ({row['label']})")
+        for artist in (bars[0], *bars[1], *bars[2]):
+            artist.set_clip_on(False)  # a point at recall 1 sits on the edge, not beyond it
         if row["name"] == highlight:
             ax.plot([x], [y], marker="o", markersize=18, markerfacecolor="none", markeredgecolor="black",
-                    markeredgewidth=1.8, linestyle="none", label=f"recommended: {row['name']}", zorder=6)
+                    markeredgewidth=1.8, linestyle="none", label=f"recommended: {row['name']}", zorder=6,
+                    clip_on=False)
     if xs:
-        pad_x = max(0.02, (max(xs) - min(xs)) * 0.25)
-        pad_y = max(0.02, (max(ys) - min(ys)) * 0.25)
-        ax.set_xlim(max(0.0, min(xs) - pad_x), min(1.0, max(xs) + pad_x))
-        ax.set_ylim(max(0.0, min(ys) - pad_y), min(1.0, max(ys) + pad_y))
+        # Recall ends at 1: the axes never go past it.
+        for values, setter in ((xs, ax.set_xlim), (ys, ax.set_ylim)):
+            pad = max(0.03, (max(values) - min(values)) * 0.2)
+            setter(max(0.0, min(values) - pad), min(1.0, max(values) + pad))
     ax.set_xlabel(f"head {measure} ({which})")
     ax.set_ylabel(f"tail {measure} ({which})")
     ax.grid(alpha=0.3)
     if summary:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="best", framealpha=0.8)
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            figure.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
         title = f"Head vs tail {measure} ({_spread_words(summary[0]['seeds'])})"
-        ax.set_title(title + (f"\nrecommended: {highlight}" if highlight else ""), fontsize=10)
+        ax.set_title(title + (f"; recommended: {highlight}" if highlight else ""), fontsize=10)
     return _save(figure, path)
 
 

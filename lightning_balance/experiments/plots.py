@@ -20,6 +20,7 @@ Lines differ by style and marker as well as colour, so the figures read in grey.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -90,7 +91,7 @@ def log_steps_axis(ax: Axes, steps: Sequence[float]) -> None:
                          for m in (1, 2, 5)})
     ticks = [t for t in candidates if low / 1.15 <= t <= high * 1.15]
     distinct = sorted(set(finite))
-    if len(distinct) <= 6 and all(b / a >= 1.25 for a, b in zip(distinct, distinct[1:])):
+    if len(distinct) <= 6 and all(b / a >= 1.25 for a, b in itertools.pairwise(distinct)):
         ticks = distinct  # a short run: label every validation step (they are far enough apart on the log axis)
     if len(ticks) < 2:
         ticks = sorted({round(low), round(high)})

@@ -18,12 +18,11 @@ plain mean under ``natural`` and ``upsample`` and applies the current scalarizat
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import math
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, NamedTuple, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 import torch
@@ -31,11 +30,21 @@ import torch.distributed as dist
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from lightning_balance.batches import (
+    IndexedBatch,
+    Reordered,
+    _check_label_order,
+    _groups_of_kept,
+    _IndexedCollate,
+    _IndexedDataset,
+    _labels_of,
+)
 from lightning_balance.mixture import Mixture, Order
 from lightning_balance.sampler import GroupIndex, GroupsLike, MixtureSampler, TemperatureSampler, _check_resume
 from lightning_balance.schedules import constant_runs, is_schedule, resolve_temperature
+from lightning_balance.sources import _GroupSampler, _SourcesDataset, _StreamDataset
 from lightning_balance.temperature import _validate_temperature, scalarization_weights, unimax_probs
 from lightning_balance.weighting import Normalization, weighted_mean
 
@@ -49,216 +58,6 @@ _STRATEGIES = (
 )
 # Strategies whose weights or logit shifts come from per-class counts: the groups must be the labels.
 _CLASS_STRATEGIES = ("class_balanced", "drw", "logit_adjust", "logit_adjust_posthoc")
-
-
-_UNWRAP_HINT = (
-    "This is a training batch of a BalancedDataModule, which only its DataModule can unwrap. Pass the DataModule to"
-    " the Trainer: `trainer.fit(model, datamodule=dm)`, not `train_dataloaders=dm.train_dataloader()`."
-)
-
-
-class IndexedBatch:
-    """A training batch with the dataset index and the group id of each of its samples.
-
-    The training DataLoader of a :class:`BalancedDataModule` yields these; the DataModule unwraps them after
-    the batch reaches the device, so ``training_step`` receives ``batch`` alone. It is deliberately not a tuple:
-    a ``training_step`` that receives one (because the DataLoader was passed to the Trainer without its DataModule)
-    fails with a message that says so instead of unpacking the wrong fields.
-    """
-
-    __slots__ = ("indices", "batch", "groups")
-
-    def __init__(self, indices: torch.Tensor, batch: Any, groups: Optional[torch.Tensor] = None) -> None:
-        self.indices, self.batch, self.groups = indices, batch, groups
-
-    def __iter__(self) -> Any:
-        raise TypeError(_UNWRAP_HINT)
-
-    def __getitem__(self, item: Any) -> Any:
-        raise TypeError(_UNWRAP_HINT)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __repr__(self) -> str:
-        return f"IndexedBatch(indices={self.indices!r}, batch=..., groups={self.groups!r})"
-
-
-class Reordered(NamedTuple):
-    """What a ``collate_fn`` that reorders its samples returns: the batch and, for each of its rows, the position
-    of the sample in the list the collate was given.
-
-    Upweighting looks up each sample's weight by its dataset index, so the DataModule has to know where every
-    sample ended up. A collate that sorts by length for ``pack_padded_sequence`` returns
-    ``Reordered(batch, order)`` with ``order = sorted(range(len(samples)), key=...)``.
-    """
-
-    batch: Any
-    order: Any
-
-
-class _IndexedDataset(Dataset):
-    """Returns ``(index, sample)`` so batches carry the dataset indices they were drawn from."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> tuple[int, Any]:
-        return index, self.dataset[index]
-
-
-class _SourcesDataset(Dataset):
-    """One map-style dataset per group, read as one: group ``g`` owns indices ``[offsets[g], offsets[g + 1])``.
-
-    It stores the sources' offsets only, nothing per example.
-    """
-
-    def __init__(self, sources: Mapping[str, Any]) -> None:
-        from lightning_balance.sources import map_style
-
-        self.names = list(sources)
-        # Every process must see every source's full length (a LitData StreamingDataset reports its rank's share).
-        self.sources = [map_style(source) for source in sources.values()]
-        sizes = []
-        for name, source in zip(self.names, self.sources, strict=True):
-            try:
-                sizes.append(len(source))
-            except TypeError as err:
-                raise TypeError(
-                    f"Expected every entry of `train_sources` to be a map-style dataset with a length, but"
-                    f" {name!r} ({type(source).__name__}) has none. Give its length (e.g. wrap it in a Dataset with"
-                    " `__len__`), or stream it with an iterable source instead."
-                ) from err
-        self.sizes = np.asarray(sizes, dtype=np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
-        self._bounds = self.offsets[1:].tolist()
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def __getitem__(self, index: int) -> Any:
-        group = bisect.bisect_right(self._bounds, index)
-        return self.sources[group][index - int(self.offsets[group])]
-
-    def groups_of(self, indices: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.searchsorted(self.offsets, indices.numpy(), side="right") - 1)
-
-    @classmethod
-    def of_sizes(cls, names: list[str], sizes: list[int]) -> _SourcesDataset:
-        """The index layout of streams: offsets only, no items (streams are read by :class:`_StreamDataset`)."""
-        layout = cls.__new__(cls)
-        layout.names, layout.sources = list(names), []
-        layout.sizes = np.asarray(sizes, dtype=np.int64)
-        layout.offsets = np.concatenate([[0], np.cumsum(layout.sizes)]).astype(np.int64)
-        layout._bounds = layout.offsets[1:].tolist()
-        return layout
-
-
-class _GroupSampler(MixtureSampler):
-    """A :class:`MixtureSampler` that yields the group of each of its positions (streams pick the sample)."""
-
-    def _indices(self, start: int, stop: int) -> torch.Tensor:
-        return self.mixture.groups(start, stop)
-
-
-class _StreamDataset(torch.utils.data.IterableDataset):
-    """This rank's training samples from one stream per group: the group sequence from the mixture, each stream
-    consumed in order. Yields ``(virtual index, sample)``: the index lies in the group's range, for the collate.
-    """
-
-    def __init__(self, datamodule: BalancedDataModule) -> None:
-        self.datamodule = datamodule
-
-    def __len__(self) -> int:
-        sampler = self.datamodule.sampler
-        assert sampler is not None
-        return len(sampler)
-
-    def __iter__(self) -> Any:
-        dm = self.datamodule
-        sampler, streams, layout = dm.sampler, dm._streams, dm._sources_dataset
-        assert sampler is not None and streams is not None and layout is not None
-        start = sampler.position
-        if getattr(streams, "mark", None) != start:
-            # A resume, or a fresh run: bring every stream to what this rank consumed before `start`.
-            streams.restart(dm._stream_counts_before(start))
-        for group in sampler:
-            item = streams.next(group)
-            streams.mark = sampler.position
-            yield int(layout.offsets[group]) + (streams.consumed[group] - 1) % int(layout.sizes[group]), item
-
-
-class _IndexedCollate:
-    """Collate the samples with the user's ``collate_fn``; the indices and their group ids into LongTensors.
-
-    The group ids are looked up here, on the CPU, so that no per-example table has to live on the device. When the
-    groups are the labels, the labels of the collated batch are checked against them, so a collate that reorders
-    its samples without saying so (see :class:`Reordered`) fails loudly instead of weighting the wrong samples.
-    """
-
-    def __init__(
-        self,
-        collate_fn: Optional[Callable[[list[Any]], Any]],
-        lookup: Callable[[torch.Tensor], torch.Tensor],
-        check_labels: bool,
-    ) -> None:
-        self.collate_fn = collate_fn or default_collate
-        self.lookup = lookup
-        self.check_labels = check_labels
-
-    def __call__(self, items: list[tuple[int, Any]]) -> IndexedBatch:
-        indices = torch.tensor([index for index, _ in items], dtype=torch.long)
-        batch = self.collate_fn([sample for _, sample in items])
-        if isinstance(batch, Reordered):
-            order = torch.as_tensor(batch.order, dtype=torch.long)
-            if sorted(order.tolist()) != list(range(len(items))):
-                raise ValueError(
-                    f"`Reordered.order` must be a permutation of range({len(items)}) (the position of every row's"
-                    f" sample in the collate's input), but got {order.tolist()}."
-                )
-            indices, batch = indices[order], batch.batch
-        groups = self.lookup(indices)
-        if self.check_labels:
-            _check_label_order(batch, groups, "the DataLoader's `collate_fn`")
-        return IndexedBatch(indices, batch, groups)
-
-
-def _labels_of(batch: Any) -> Optional[torch.Tensor]:
-    """The label tensor of an ``(x, y, ...)`` or ``{"y"|"label"|"labels"|"target"|"targets": ...}`` batch."""
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        labels = batch[1]
-    elif isinstance(batch, Mapping):
-        labels = next((batch[k] for k in ("y", "label", "labels", "target", "targets") if k in batch), None)
-    else:
-        return None
-    if isinstance(labels, torch.Tensor) and labels.ndim == 1 and not labels.is_floating_point():
-        return labels
-    return None
-
-
-def _check_label_order(batch: Any, groups: torch.Tensor, where: str) -> None:
-    labels = _labels_of(batch)
-    if labels is None or labels.shape != groups.shape:
-        return
-    if not torch.equal(labels.cpu(), groups.cpu()):
-        if torch.equal(torch.sort(labels.cpu()).values, torch.sort(groups.cpu()).values):
-            raise RuntimeError(
-                f"{where} reordered the samples of a training batch: their labels no longer line up with the dataset"
-                " indices the batch was drawn from, so upweighting and selection would apply to the wrong samples."
-                " Return `lightning_balance.Reordered(batch, order)` from the collate, with `order[i]` the position"
-                " of row i's sample in the collate's input, or keep the sampler's order."
-            )
-
-
-def _groups_of_kept(kept: torch.Tensor, indices: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Group ids of ``kept``, a selection of ``indices`` whose group ids are ``groups`` (all on one device)."""
-    if kept is indices:
-        return groups
-    order = torch.argsort(indices)
-    return groups[order[torch.searchsorted(indices[order], kept)]]
 
 
 class _ResumableDataLoader(DataLoader):

@@ -28,13 +28,18 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import operator
 import sys
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+import torch
 from torch.utils.data import Dataset, IterableDataset
+
+from lightning_balance.sampler import MixtureSampler
 
 __all__ = ["LitDataSource", "map_style", "map_style_sources", "is_stream", "StreamSources"]
 
@@ -190,3 +195,82 @@ class StreamSources:
             self.consumed[g] += 1
             return item
         raise ValueError(f"The stream {self.names[g]!r} of `train_sources` yields no sample.")
+
+
+class _SourcesDataset(Dataset):
+    """One map-style dataset per group, read as one: group ``g`` owns indices ``[offsets[g], offsets[g + 1])``.
+
+    It stores the sources' offsets only, nothing per example.
+    """
+
+    def __init__(self, sources: Mapping[str, Any]) -> None:
+        self.names = list(sources)
+        # Every process must see every source's full length (a LitData StreamingDataset reports its rank's share).
+        self.sources = [map_style(source) for source in sources.values()]
+        sizes = []
+        for name, source in zip(self.names, self.sources, strict=True):
+            try:
+                sizes.append(len(source))
+            except TypeError as err:
+                raise TypeError(
+                    f"Expected every entry of `train_sources` to be a map-style dataset with a length, but"
+                    f" {name!r} ({type(source).__name__}) has none. Give its length (e.g. wrap it in a Dataset with"
+                    " `__len__`), or stream it with an iterable source instead."
+                ) from err
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        self._bounds = self.offsets[1:].tolist()
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> Any:
+        group = bisect.bisect_right(self._bounds, index)
+        return self.sources[group][index - int(self.offsets[group])]
+
+    def groups_of(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.searchsorted(self.offsets, indices.numpy(), side="right") - 1)
+
+    @classmethod
+    def of_sizes(cls, names: list[str], sizes: list[int]) -> _SourcesDataset:
+        """The index layout of streams: offsets only, no items (streams are read by :class:`_StreamDataset`)."""
+        layout = cls.__new__(cls)
+        layout.names, layout.sources = list(names), []
+        layout.sizes = np.asarray(sizes, dtype=np.int64)
+        layout.offsets = np.concatenate([[0], np.cumsum(layout.sizes)]).astype(np.int64)
+        layout._bounds = layout.offsets[1:].tolist()
+        return layout
+
+
+class _GroupSampler(MixtureSampler):
+    """A :class:`MixtureSampler` that yields the group of each of its positions (streams pick the sample)."""
+
+    def _indices(self, start: int, stop: int) -> torch.Tensor:
+        return self.mixture.groups(start, stop)
+
+
+class _StreamDataset(torch.utils.data.IterableDataset):
+    """This rank's training samples from one stream per group: the group sequence from the mixture, each stream
+    consumed in order. Yields ``(virtual index, sample)``: the index lies in the group's range, for the collate.
+    """
+
+    def __init__(self, datamodule: Any) -> None:
+        self.datamodule = datamodule
+
+    def __len__(self) -> int:
+        sampler = self.datamodule.sampler
+        assert sampler is not None
+        return len(sampler)
+
+    def __iter__(self) -> Any:
+        dm = self.datamodule
+        sampler, streams, layout = dm.sampler, dm._streams, dm._sources_dataset
+        assert sampler is not None and streams is not None and layout is not None
+        start = sampler.position
+        if getattr(streams, "mark", None) != start:
+            # A resume, or a fresh run: bring every stream to what this rank consumed before `start`.
+            streams.restart(dm._stream_counts_before(start))
+        for group in sampler:
+            item = streams.next(group)
+            streams.mark = sampler.position
+            yield int(layout.offsets[group]) + (streams.consumed[group] - 1) % int(layout.sizes[group]), item

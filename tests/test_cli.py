@@ -24,7 +24,9 @@ TINY = ["--seeds", "1", "--max-steps", "4", "--val-every", "2", "--no-progress"]
 
 
 def _compare(tmp_path, *extra):
-    return main(["compare", *TINY, "--out", str(tmp_path / "out"), *extra])
+    """`compare` on the digits (a second a run), unless the arguments name the data."""
+    data = [] if {"--datamodule", "--config", "--data"} & set(extra) else ["--data", "digits"]
+    return main(["compare", *TINY, *data, "--out", str(tmp_path / "out"), *extra])
 
 
 class TrainerSpy(Callback):
@@ -96,7 +98,7 @@ def test_quick_flag(tmp_path):
     args = build_parser().parse_args(["compare", "--quick"])
     # --quick and the defaults (1000 steps, or trainer.max_steps of --config) apply when the command runs
     assert (args.quick, args.seeds, args.max_steps, args.val_every) == (True, 3, None, None)
-    assert args.tail_target == 0.5 and args.temperature == 5.0
+    assert args.tail_target is None and args.temperature == 5.0  # the task's target, applied when the command runs
 
 
 # ------------------------------------------------------------------ --config: every Trainer and optimizer setting
@@ -134,8 +136,8 @@ def test_compare_honours_every_trainer_and_optimizer_setting_of_a_config(tmp_pat
     config = tmp_path / "cfg.yaml"
     config.write_text(HONOURED)
     TrainerSpy.seen = []
-    code = main(["compare", "--config", str(config), "--seeds", "1", "--only", "upsample,upweight", "--no-progress",
-                 "--out", str(tmp_path / "out")])
+    code = main(["compare", "--config", str(config), "--seeds", "1", "--strategies", "upsample,upweight",
+                 "--no-progress", "--out", str(tmp_path / "out")])
     assert code == 0
     assert len(TrainerSpy.seen) == 2  # a fresh callback in every run
     for seen in TrainerSpy.seen:
@@ -332,9 +334,9 @@ def test_paper_rejects_a_bad_temperature_before_writing(tmp_path, capsys):
 
 def test_unwritable_output_directory(tmp_path, capsys):
     (tmp_path / "file").write_text("")
-    assert main(["compare", *TINY, "--out", str(tmp_path / "file" / "out")]) == 2
+    assert main(["compare", *TINY, "--data", "digits", "--out", str(tmp_path / "file" / "out")]) == 2
     assert "Cannot write to `--out`" in capsys.readouterr().err
-    assert main(["compare", *TINY, "--out", str(tmp_path / "file")]) == 2
+    assert main(["compare", *TINY, "--data", "digits", "--out", str(tmp_path / "file")]) == 2
     err = capsys.readouterr().err
     assert "Cannot write to `--out`" in err and "Choose a writable directory with --out" in err
 
@@ -359,7 +361,7 @@ def test_parse_kwargs():
 
 def test_paper_command(tmp_path, capsys):
     out = tmp_path / "paper"
-    code = main(["paper", *TINY, "--num-batches", "20", "--out", str(out)])
+    code = main(["paper", *TINY, "--data", "digits", "--num-batches", "20", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "(a) p(T) of sizes 900/90/10 against hand-worked values" in printed and "-> holds: True" in printed
@@ -448,3 +450,29 @@ def test_fit_rejects_an_unknown_strategy(tmp_path):
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(CONFIGS[0]), "--data.init_args.strategy=oversample",
               f"--trainer.default_root_dir={tmp_path}"])
+
+
+def test_the_default_comparison_is_long_tailed_mnist1d_with_its_cnn_and_budget(tmp_path, monkeypatch):
+    pytest.importorskip("mnist1d")
+    from lightning_balance.experiments import runner
+    from lightning_balance.experiments.mnist1d import COMPARE_SETTINGS, CNN1DClassifier, LongTailMNIST1D
+
+    seen = {}
+
+    def fake_compare(data, model, runs, settings, **kwargs):
+        seen.update(data=data, model=model, runs=runs, settings=settings)
+        return runner.CompareResult({}, [], [], True)
+
+    monkeypatch.setattr(runner, "compare", fake_compare)
+    assert main(["compare", "--no-progress", "--out", str(tmp_path / "out")]) == 0
+    assert seen["data"].cls is LongTailMNIST1D and seen["data"].kwargs == {}
+    assert seen["model"].cls is CNN1DClassifier and seen["model"].size_from_data
+    s = seen["settings"]
+    assert (s.max_steps, s.val_every) == (COMPARE_SETTINGS["max_steps"], COMPARE_SETTINGS["val_every"])
+    assert (s.seeds, s.tail_target, s.split, s.prefer, s.select) == ([0, 1, 2], 0.1, "auto", "balanced", "final")
+    assert [r.name for r in seen["runs"]] == ["natural", "upsample", "upweight", "cooldown", "logit_adjust_posthoc"]
+    # the digits stay one flag away
+    assert main(["compare", "--no-progress", "--data", "digits", "--out", str(tmp_path / "digits")]) == 0
+    assert seen["data"].cls is LongTailDigits and (seen["settings"].max_steps, seen["settings"].tail_target) == (
+        1000, 0.5)
+    assert main(["compare", "--data", "digits", "--datamodule", "x.Y"]) == 2

@@ -11,8 +11,8 @@ from lightning_balance.experiments.cli import main
 from lightning_balance.experiments.runner import RunResult, best_point
 from lightning_balance.experiments.summary import HEAD_TOLERANCE, recommend, summarize
 
-TINY = ["--seeds", "1", "--max-steps", "4", "--val-every", "2", "--no-progress", "--datamodule-args",
-        "val_per_class=10", "batch_size=8"]
+TINY = ["--seeds", "1", "--max-steps", "4", "--val-every", "2", "--no-progress", "--data", "digits",
+        "--datamodule-args", "val_per_class=10", "batch_size=8"]
 
 
 def _run(name, seed, head, tail, worst=0.1, wall=1.0, epochs=None, curve=None):
@@ -156,7 +156,7 @@ def _config(tmp_path, steps=4):
 def test_resume_continues_an_interrupted_comparison_without_training_its_finished_runs(tmp_path, capsys):
     out = tmp_path / "out"
     args = ["compare", "--seeds", "2", "--no-progress", "--strategies", "natural,upweight", "--config",
-            _config(tmp_path), "--datamodule-args", "val_per_class=10", "batch_size=8"]
+            _config(tmp_path), "--data", "digits", "--datamodule-args", "val_per_class=10", "batch_size=8"]
     Trainings.started, Trainings.interrupt = 0, 3  # natural seeds 0 and 1 finish, upweight seed 0 is cut
     assert main([*args, "--out", str(out)]) == 130
     first = json.loads((out / "results.json").read_text())
@@ -176,8 +176,8 @@ def test_resume_continues_an_interrupted_comparison_without_training_its_finishe
 
 def test_resume_refuses_a_folder_of_another_configuration(tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["compare", "--seeds", "1", "--no-progress", "--strategies", "natural", "--datamodule-args",
-            "val_per_class=10", "batch_size=8", "--val-every", "2"]
+    args = ["compare", "--seeds", "1", "--no-progress", "--strategies", "natural", "--data", "digits",
+            "--datamodule-args", "val_per_class=10", "batch_size=8", "--val-every", "2"]
     Trainings.started, Trainings.interrupt = 0, None
     assert main([*args, "--max-steps", "4", "--out", str(out)]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
@@ -216,3 +216,15 @@ def test_posthoc_logit_adjustment_predicts_with_the_adjusted_logits(tmp_path):
     # the same training, another prediction: the losses and the recall differ
     assert natural["final"]["loss_all"] != posthoc["final"]["loss_all"]
     assert not math.isclose(natural["final"]["recall_tail"], posthoc["final"]["recall_tail"])
+
+
+def test_when_only_natural_keeps_the_head_the_recommendation_says_what_the_head_would_pay():
+    table = {"natural": (0.90, 0.05, 0.0), "upsample": (0.84, 0.23, 0.02), "logit_adjust_posthoc": (0.71, 0.37, 0.1)}
+    runs = _runs(table)
+    rec = recommend(summarize(runs), runs, "balanced")
+    assert rec["winner"] == "natural" and rec["confidence"] == "the only one"
+    assert rec["best_excluded"] == "logit_adjust_posthoc"
+    text = " ".join(rec["lines"])
+    assert "How sure: it is the only strategy that qualifies." in text
+    assert ("If the head may pay: logit_adjust_posthoc has the best tail F1 (0.392) at head recall 0.720 (-0.190;"
+            in text)

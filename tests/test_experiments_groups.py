@@ -111,7 +111,8 @@ def test_auto_split_keeps_every_part_non_empty():
 
 def test_the_command_warns_when_the_split_leaves_a_part_empty(tmp_path, capsys):
     args = ["compare", "--seeds", "1", "--max-steps", "4", "--val-every", "2", "--no-progress", "--strategies",
-            "natural", "--datamodule-args", "imbalance_factor=1", "val_per_class=10", "batch_size=8"]
+            "natural", "--data", "digits", "--datamodule-args", "imbalance_factor=1", "val_per_class=10",
+            "batch_size=8"]
     assert main([*args, "--out", str(tmp_path / "a"), "--split", "absolute"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "Warning: The absolute split (head: more than 100 training examples, tail: fewer than 20) leaves the" in out

@@ -18,8 +18,8 @@ from lightning_balance.experiments.runner import RunResult
 from lightning_balance.experiments.summary import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--seeds", "1", "--max-steps", "4", "--val-every", "2", "--no-progress", "--datamodule-args",
-        "val_per_class=10", "batch_size=8"]
+TINY = ["--seeds", "1", "--max-steps", "4", "--val-every", "2", "--no-progress", "--data", "digits",
+        "--datamodule-args", "val_per_class=10", "batch_size=8"]
 
 
 def _runs():
@@ -68,7 +68,7 @@ def test_threads_apply_and_the_wall_time_comes_with_the_load(tmp_path, capsys, m
     run = json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]
     assert len(run["load_average"]) == 2
     calls.clear()
-    assert main(["paper", *TINY[:7], "--num-batches", "10", "--threads", "3", "--out", str(tmp_path / "p")]) == 0
+    assert main(["paper", *TINY[:9], "--num-batches", "10", "--threads", "3", "--out", str(tmp_path / "p")]) == 0
     assert calls == [3]
 
 

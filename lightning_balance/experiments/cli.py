@@ -60,6 +60,7 @@ from lightning_balance.experiments.settings import (
     ConfigurationError,
     check_run_arguments,
     default_runs,
+    embedded_task,
     global_rank,
     parse_strategies,
 )
@@ -242,8 +243,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     runs.add_argument("--val-every", type=int, default=None,
                       help="validate every N optimizer steps (default: trainer.val_check_interval of --config, else"
                            f" the embedded task's, else {_DEFAULT_VAL_EVERY})")
-    runs.add_argument("--tail-target", type=float, default=0.5,
-                      help="report the first step at which tail recall reached this (default: %(default)s)")
+    runs.add_argument("--tail-target", type=float, default=None,
+                      help="report the first step at which tail recall reached this (default: the embedded task's,"
+                           " 0.1 for mnist1d and 0.5 for digits; else 0.5)")
     runs.add_argument("--batch-size", type=int, default=None, help="per-process batch size (default: the DataModule's)")
     runs.add_argument("--quick", action="store_true", help="a smoke test: 1 seed, 200 steps, validate every 20")
     split = parser.add_argument_group("head / medium / tail groups (by training count)")
@@ -370,6 +372,7 @@ def _settings(
     *,
     steps: int = _DEFAULT_STEPS,
     val_every: int = _DEFAULT_VAL_EVERY,
+    tail_target: float = 0.5,
     optimizer: Any = None,
     lr_scheduler: Any = None,
 ) -> CompareSettings:
@@ -378,6 +381,8 @@ def _settings(
         args.max_steps = steps
     if args.val_every is None:
         args.val_every = val_every
+    if args.tail_target is None:
+        args.tail_target = tail_target
     if args.quick:
         args.seeds, args.max_steps, args.val_every = 1, min(args.max_steps, 200), min(args.val_every, 20)
     if args.seeds < 1:
@@ -494,7 +499,7 @@ def _data_and_model(
             f"`--data {args.data}` names an embedded task, but {'--datamodule' if args.datamodule else '--config'}"
             " names a DataModule too. Give one of them."
         )
-    task = EMBEDDED[args.data or DEFAULT_DATA] if not explicit else None
+    task = embedded_task(args.data or DEFAULT_DATA) if not explicit else None
     if args.datamodule is not None:
         data_path = args.datamodule
     else:
@@ -567,7 +572,8 @@ def _compare_command(args: argparse.Namespace) -> int:
     steps = config_steps if config_steps is not None else task.get("max_steps", _DEFAULT_STEPS)
     val_every = config_val_every if config_val_every is not None else task.get("val_every", _DEFAULT_VAL_EVERY)
     settings = _settings(args, trainer_kwargs, steps=steps, val_every=val_every,
-                         optimizer=config.get("optimizer"), lr_scheduler=config.get("lr_scheduler"))
+                         tail_target=task.get("tail_target", 0.5), optimizer=config.get("optimizer"),
+                         lr_scheduler=config.get("lr_scheduler"))
     previous = _previous(args)
     # Checked now, created only once the data and the model have passed their checks.
     out = _output_dir(args, "compare", create=False)
@@ -689,8 +695,9 @@ def _paper_command(args: argparse.Namespace) -> int:
     from lightning_balance.experiments.report import console as make_console
 
     _check_arguments(args)
-    task = EMBEDDED[args.data]
-    settings = _settings(args, {}, steps=task["max_steps"], val_every=task["val_every"])
+    task = embedded_task(args.data)
+    settings = _settings(args, {}, steps=task["max_steps"], val_every=task["val_every"],
+                         tail_target=task["tail_target"])
     if args.num_batches < 10:
         raise ConfigurationError(f"Expected `--num-batches` to be at least 10, but got {args.num_batches}.")
     out = _output_dir(args, "paper")

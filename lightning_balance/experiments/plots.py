@@ -194,9 +194,9 @@ def plot_tradeoff(
         ys.append(y)
         style = styles[row["name"]]
         xerr, yerr = (_number(row[key]) for key in ("recall_head_std", "recall_tail_std"))
-        xerr, yerr = (e if np.isfinite(e) else None for e in (xerr, yerr))
-        bars = ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=style["marker"], capsize=3, color=style["color"],
-                           markersize=7, label=f"{row['name']} ({row['label']})")
+        bars = ax.errorbar(x, y, xerr=xerr if np.isfinite(xerr) else None, yerr=yerr if np.isfinite(yerr) else None,
+                           fmt=style["marker"], capsize=3, color=style["color"], markersize=7,
+                           label=f"{row['name']} ({row['label']})")
         for artist in (bars[0], *bars[1], *bars[2]):
             artist.set_clip_on(False)  # a point at recall 1 sits on the edge, not beyond it
         if row["name"] == highlight:

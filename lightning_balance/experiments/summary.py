@@ -225,7 +225,9 @@ def _compare_words(stat: Mapping[str, Any], higher: str, lower: str) -> str:
     if stat["pairs"] == 1:
         return f"{side} ahead by {abs(diff):.3f} (one seed: no interval)"
     if stat["low"] > 0 or stat["high"] < 0:
-        return f"{side} is better by {abs(diff):.3f} ({_interval(stat)})"
+        # The interval of the leader's lead, so that it reads with the words.
+        lead = stat if diff > 0 else {**stat, "low": -stat["high"], "high": -stat["low"]}
+        return f"{side} is better by {abs(diff):.3f} ({_interval(lead)})"
     return f"no clear difference ({diff:+.3f}, {_interval(stat)})"
 
 
@@ -365,7 +367,9 @@ def recommend(
     out["runner_up"] = ranked[1] if len(ranked) > 1 else None
     out["vs_runner_up"] = diff(winner, ranked[1]) if len(ranked) > 1 else None
     stats = [s for s in (out["vs_natural"], out["vs_runner_up"]) if s is not None]
-    if not stats or any(s["pairs"] < 2 for s in stats):
+    if not stats:
+        confidence = "the only one"
+    elif any(s["pairs"] < 2 for s in stats):
         confidence = "one seed"
     elif all(s["low"] > 0 for s in stats):
         confidence = "clear"
@@ -374,6 +378,9 @@ def recommend(
     else:
         confidence = "uncertain"
     out["confidence"] = confidence
+    # What the head constraint left out: the best of those, for a reader who may let the head pay.
+    others = [n for n, reason in out["excluded"].items() if reason.startswith("head recall")]
+    out["best_excluded"] = max(others, key=lambda n: rows[n][f"{metric}_mean"]) if others else None
     w = rows[winner]
     out["cost"] = {"wall_time_s": w["wall_time_s_mean"], "samples_seen": w["samples_seen_mean"],
                    "epochs_per_group": w.get("epochs_per_group_mean"),
@@ -402,7 +409,10 @@ def _recommendation_lines(rec: Mapping[str, Any], rows: Mapping[str, Mapping[str
     sure = {"clear": "clear: ahead of natural and of the runner-up beyond the seed noise",
             "ahead of natural": "ahead of natural beyond the seed noise, not separable from the runner-up",
             "uncertain": "uncertain: within the seed noise",
-            "one seed": "one seed: no interval, run more seeds (--seeds 3)"}[rec["confidence"]]
+            "one seed": "one seed: no interval, run more seeds (--seeds 3)",
+            "the only one": "it is the only strategy that qualifies"}[rec["confidence"]]
+    if winner == "natural":
+        sure = sure.replace("ahead of natural and of the runner-up", "ahead of the runner-up")
     lines.append(f"  How sure: {sure}.")
     if rec["vs_natural"] is not None:
         lines.append(f"  {winner} − natural: {_ci_words(rec['vs_natural'])} ({words}, paired by seed).")
@@ -412,6 +422,11 @@ def _recommendation_lines(rec: Mapping[str, Any], rows: Mapping[str, Mapping[str
         head = w["recall_head_mean"]
         lines.append(f"  Head recall {head:.3f} (natural {head_floor + HEAD_TOLERANCE:.3f}); left out for the head: "
                      + (", ".join(n for n, r in rec["excluded"].items() if r.startswith("head")) or "none") + ".")
+        other = rec.get("best_excluded")
+        if other is not None and rows[other][f"{metric}_mean"] > w[f"{metric}_mean"]:
+            o = rows[other]
+            lines.append(f"  If the head may pay: {other} has the best {words} ({o[f'{metric}_mean']:.3f}) at head"
+                         f" recall {o['recall_head_mean']:.3f} ({o['recall_head_mean'] - head:+.3f}; --prefer tail).")
     cost = rec["cost"]
     natural_wall = cost["natural_wall_time_s"]
     wall = f"{cost['wall_time_s']:.1f} s per run" + (f" (natural {natural_wall:.1f} s)"
@@ -419,7 +434,9 @@ def _recommendation_lines(rec: Mapping[str, Any], rows: Mapping[str, Mapping[str
     lines.append(f"  Cost: {wall}, {cost['samples_seen']:.0f} samples;"
                  f" passes over each group's data: {_epochs_words(cost['epochs_per_group'])}"
                  + (f" (natural: {_epochs_words(cost['natural_epochs_per_group'])})"
-                    if cost["natural_epochs_per_group"] and winner != "natural" else "") + ".")
+                    if cost["natural_epochs_per_group"] and _epochs_words(cost["natural_epochs_per_group"])
+                    != _epochs_words(cost["epochs_per_group"]) else " (as natural's)" if winner != "natural" else "")
+                 + ".")
     return lines
 
 

@@ -5,8 +5,9 @@ Reference model
 A small MLP classifier written the way the package expects a LightningModule to be written: its training loss
 is :func:`~lightning_balance.balanced_cross_entropy` of its logits (the per-sample cross-entropy reduced with the
 weights in force, or the logit-adjusted loss under ``strategy="logit_adjust"``), so one module trains under every
-strategy. It also defines the two optional hooks that batch selection uses: ``per_sample_loss(batch)`` and
-``embed(batch)``.
+strategy. Its validation loss goes through :func:`~lightning_balance.balanced_loss` too, so that a mixing policy
+that decides from validation losses (:class:`~lightning_balance.policies.OverfitGuard`) sees them per group. It
+also defines the two optional hooks that batch selection uses: ``per_sample_loss(batch)`` and ``embed(batch)``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from lightning_balance.datamodule import balanced_cross_entropy
+from lightning_balance.datamodule import balanced_cross_entropy, balanced_loss
 
 __all__ = ["MLPClassifier"]
 
@@ -73,7 +74,8 @@ class MLPClassifier(LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         x, y = batch[0], batch[1]
         logits = self(x)
-        self.log("val/loss", F.cross_entropy(logits, y), prog_bar=True)
+        # Outside training `balanced_loss` is the plain mean; through it a mixing policy sees the loss of every group.
+        self.log("val/loss", balanced_loss(self, F.cross_entropy(logits, y, reduction="none")), prog_bar=True)
         return {"preds": logits, "target": y}
 
     def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:

@@ -320,7 +320,9 @@ def _policy_callback(spec: RunSpec, settings: CompareSettings) -> Optional[Callb
     if spec.policy == "overfit_guard":
         return AdaptiveMixing(OverfitGuard(**args), on="validation")
     if spec.policy == "online_mixing":
-        return AdaptiveMixing(OnlineMixing(**args), every_n_steps=settings.val_every)
+        # EXP3 explores uniformly until its rate sqrt(ln K / (K t)) falls below 1/K, after K ln K updates (23 for
+        # ten groups): updating five times per validation interval lets it leave uniform sampling within the run.
+        return AdaptiveMixing(OnlineMixing(**args), every_n_steps=max(1, settings.val_every // 5))
     if spec.policy == "group_dro":
         # Group DRO updates its group weights at every step (Sagawa et al.).
         return AdaptiveMixing(GroupDRO(**args), every_n_steps=1)

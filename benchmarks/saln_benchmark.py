@@ -1,6 +1,7 @@
-"""SALN: what spectral scoring costs, which spectral variant selects best, and whether selection saves training.
+"""SALN: what spectral scoring costs, which spectral variant selects best, the Fiedler solvers, and whether selection
+saves training time.
 
-Three parts, each writing ``saln_<part>.json`` and ``saln_<part>.png`` to ``benchmarks/results`` and all of them
+Five parts, each writing ``saln_<part>.json`` and ``saln_<part>.png`` to ``benchmarks/results`` and all of them
 summarised in ``saln.md``:
 
 ``cost``
@@ -13,23 +14,34 @@ summarised in ``saln.md``:
     search from (magnitude score, normalised Laplacian, clamp, raw inputs): every option of one factor with the
     others at their best so far, in the order score, Laplacian, negative similarities, features. Every run keeps
     half of each batch of 32 for 60 epochs; 3 seeds; final balanced validation accuracy and tail recall (classes
-    with fewer than 20 training samples). Baselines at the same keep: random, loss (Selective Backprop),
-    learnability (JEST), and the tail guard on the chosen variant, the starting one and random keep.
+    with fewer than 20 training samples). Baselines at the same keep: random, loss top-k, RHO-LOSS, and the tail
+    guard on the chosen variant, the starting one and random keep.
 ``efficiency``
     On long-tailed digits and a long-tailed breast-cancer set (scikit-learn's, IF = 20), full data against SALN
     (the defaults), random keep and loss keep, 3 seeds: optimizer steps, samples back-propagated and training
-    time (CPU time of the process on a CPU machine, wall time with a GPU) until the validation accuracy (and the
-    tail recall) first reaches the full-data model's final value. The same runs give the per-step time split
-    (loading, selection, whole step) behind the choice of selecting inside the step.
+    time until the validation accuracy (and the tail recall) first reaches the full-data model's final value.
+``solver``
+    The Fiedler solvers (``eigh``, ``subspace``, ``lobpcg``) and the whole of ``spectral_scores`` (today's
+    ``solver="auto"`` against the legacy eigh path, the code as it was before the iterative solvers) from B = 64
+    to 1024, D = 512, every method timed in turn within each repeat (one CPU thread); and how often the kept half
+    of realistic batches (Gaussian mixtures of 3 to 30 clusters, the digits raw and through a ReLU layer,
+    MNIST-1D) is exactly ``eigh``'s, with float32 ``eigh`` against float64 ``eigh`` as the noise floor.
+``tta``
+    Time to the full-data accuracy on long-tailed MNIST-1D with a 256-channel 1-D CNN as the learner: full
+    data, random keep, loss keep, Selective Backprop, RHO-LOSS, JEST, SALN (cached features of a frozen 1-D CNN
+    trained on a balanced holdout, which is also the reference model) and SALN with the tail guard. The kept
+    fraction is tuned per method on a tune split (one seed); times are reported on a report split (3 other
+    seeds) with paired t intervals of the speed-up (scipy.stats), in wall and in CPU time.
 
-Run ``python benchmarks/saln_benchmark.py`` (under 3 minutes on 2 idle CPU cores, about 10 on a busy one),
-``--parts variants`` for one part, ``--parts`` alone to rewrite the summary from the saved JSON, or ``--quick``
-for a smoke run that writes to a temporary folder.
+Run ``python benchmarks/saln_benchmark.py`` for everything (about 25 minutes on 2 shared CPU cores; ``tta`` alone
+about 8 to 10, ``solver`` about 3 to 5), ``--parts solver tta`` for some parts, ``--parts`` alone to rewrite the
+summary from the saved JSON, or ``--quick`` for a smoke run that writes to a temporary folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -40,7 +52,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -57,10 +69,18 @@ from torch.utils.data import TensorDataset  # noqa: E402
 from lightning_balance import BalancedDataModule  # noqa: E402
 from lightning_balance.callbacks import SALN  # noqa: E402
 from lightning_balance.datasets import LongTailDigits, long_tail_counts, long_tail_subset  # noqa: E402
-from lightning_balance.functional import spectral_scores, tail_recall  # noqa: E402
+from lightning_balance.functional import fiedler_vectors, spectral_scores, tail_recall  # noqa: E402
+from lightning_balance.functional.fiedler import (  # noqa: E402
+    AUTO_SUBSPACE_MIN_SIZE,
+    _fiedler_eigh,
+    resolve_fiedler_method,
+)
+from lightning_balance.functional.spectral import _score, _similarity  # noqa: E402
 from lightning_balance.models import MLPClassifier  # noqa: E402
+from lightning_balance.selection import keep_count, select_top_k  # noqa: E402
 
 DEFAULT_OUT = HERE / "results"
+PARTS = ("cost", "variants", "efficiency", "solver", "tta")
 KEEP = 0.5
 SEEDS = (0, 1, 2)
 TAIL_BELOW = 20  # tail = fewer than 20 training samples (Kang et al.); the default of `tail_recall`
@@ -469,11 +489,347 @@ def run_efficiency(tasks: Sequence[Task], seeds: Sequence[int]) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ solver part
+
+
+def _legacy_similarity(x: torch.Tensor) -> torch.Tensor:
+    """The similarity build as it was before the solver work (a full Gram matrix, fresh temporaries), clamp."""
+    peak = x.abs().amax(dim=-1, keepdim=True)
+    x = x / torch.where(peak > 0, peak, torch.ones_like(peak))
+    norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    unit = torch.where(norms > 0, x / norms.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+    sim = (unit @ unit.mT).clamp(-1.0, 1.0).clamp_min(0.0)
+    return sim * (1.0 - torch.eye(sim.shape[-1], dtype=sim.dtype, device=sim.device))
+
+
+def _legacy_scores(x: torch.Tensor) -> torch.Tensor:
+    """Spectral scoring as it was: the legacy similarity, a full eigendecomposition, the boundary score."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("non-finite features")
+    return _score(_fiedler_eigh(_legacy_similarity(x), "random_walk"), "boundary", None)
+
+
+def _solver_data(kind: str, n: int, b: int, seed: int) -> torch.Tensor:
+    """Realistic batches: Gaussian mixtures of 3 to 30 clusters, the 8x8 digits (raw and through a random ReLU
+    layer, the shape of an embedding) and MNIST-1D signals; ``n`` batches of ``b`` samples."""
+    gen = torch.Generator().manual_seed(seed)
+    if kind.startswith("mixture"):
+        clusters, noise = {"mixture-3": (3, 1.5), "mixture-10": (10, 0.8), "mixture-30": (30, 1.0)}[kind]
+        centres = torch.randn(n, clusters, 512, generator=gen)
+        labels = torch.randint(0, clusters, (n, b), generator=gen)
+        x = torch.gather(centres, 1, labels.unsqueeze(-1).expand(n, b, 512))
+        return x + noise * torch.randn(n, b, 512, generator=gen)
+    if kind.startswith("digits"):
+        from sklearn.datasets import load_digits
+
+        pool = torch.from_numpy(load_digits().data.astype(np.float32))
+        if kind == "digits-embedded":
+            pool = torch.relu(pool @ torch.randn(64, 512, generator=gen) / 8.0)
+    else:
+        from lightning_balance.experiments.mnist1d import mnist1d_pool
+
+        pool = torch.from_numpy(mnist1d_pool(max(1, -(-b // 10)) * 2, seed=seed)[0])
+    return torch.stack([pool[torch.randperm(len(pool), generator=gen)[:b]] for _ in range(n)])
+
+
+@contextlib.contextmanager
+def _count_fallbacks() -> Iterator[list[int]]:
+    """Graphs the iterative solves inside ``spectral_scores`` hand to eigh, while the context is open."""
+    import lightning_balance.functional.fiedler as fiedler_module
+
+    counts: list[int] = []
+    solve = fiedler_module._solve_iterative
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        vectors, fallback = solve(*args, **kwargs)
+        counts.append(int(fallback.sum()))
+        return vectors, fallback
+
+    fiedler_module._solve_iterative = counting
+    try:
+        yield counts
+    finally:
+        fiedler_module._solve_iterative = solve
+
+
+def run_solver(sizes: Sequence[int], batches: int, repeats: int, agreement_batches: Sequence[int],
+               agreement_sizes: Sequence[int]) -> dict:
+    """Per batch size: eigh, subspace and lobpcg time per batch (Fiedler solve of clustered graphs, D = 512),
+    interleaved and repeated, median; the whole of ``spectral_scores`` today (``solver='auto'``) against the
+    legacy path; and how often the kept half of realistic batches is exactly eigh's."""
+    timing = []
+    for kind, b in [(kind, b) for kind in ("mixture-10", "digits-embedded") for b in sizes]:
+        x = _solver_data(kind, batches, b, seed=b)
+        sim = _similarity(x, "clamp")
+        calls = {
+            "eigh": lambda s=sim: fiedler_vectors(s, method="eigh"),
+            "subspace": lambda s=sim: fiedler_vectors(s, method="subspace"),
+            "lobpcg": lambda s=sim: fiedler_vectors(s, method="lobpcg"),
+            "scores: legacy eigh path": lambda x=x: _legacy_scores(x),
+            "scores: solver='eigh'": lambda x=x: spectral_scores(x, solver="eigh"),
+            "scores: solver='subspace'": lambda x=x: spectral_scores(x, solver="subspace"),
+            "scores: solver='auto'": lambda x=x: spectral_scores(x),
+        }
+        if b > 512:
+            calls.pop("lobpcg")  # minutes at B = 1024 on a CPU, and no faster than eigh anywhere
+        times: dict[str, list[float]] = {name: [] for name in calls}
+        for fn in calls.values():
+            fn()  # warm-up
+        for _ in range(repeats):
+            for name, fn in calls.items():  # interleaved: a change in the machine's load falls on every method
+                start = time.perf_counter()
+                fn()
+                times[name].append(1e3 * (time.perf_counter() - start) / batches)
+        fallbacks = {m: int(fiedler_vectors(sim, method=m, return_info=True).fallback.sum()) for m in calls
+                     if m in ("subspace", "lobpcg")}
+        row = {"B": b, "data": kind, "batches": batches, "repeats": repeats, "ms_per_batch": {n: statistics.median(t)
+                                                                              for n, t in times.items()},
+               "ratios": {"legacy / auto": statistics.median(
+                   [a / c for a, c in zip(times["scores: legacy eigh path"], times["scores: solver='auto'"],
+                                          strict=True)]),
+                   "eigh / auto": statistics.median(
+                   [a / c for a, c in zip(times["scores: solver='eigh'"], times["scores: solver='auto'"],
+                                          strict=True)]),
+                   "eigh / subspace (solve only)": statistics.median(
+                   [a / c for a, c in zip(times["eigh"], times["subspace"], strict=True)]),
+                   "scores eigh / subspace": statistics.median(
+                   [a / c for a, c in zip(times["scores: solver='eigh'"], times["scores: solver='subspace'"],
+                                          strict=True)])},
+               "fallbacks": fallbacks, "resolved_auto": resolve_fiedler_method("auto", b, torch.device("cpu"))}
+        timing.append(row)
+        print(f"  solver {kind} B={b}: " + ", ".join(f"{n} {v:.2f}" for n, v in row["ms_per_batch"].items())
+              + f"; legacy/auto {row['ratios']['legacy / auto']:.1f}x", flush=True)
+    agreement = []
+    kinds = ("mixture-3", "mixture-10", "mixture-30", "digits", "digits-embedded", "mnist1d")
+    for b, count in zip(agreement_sizes, agreement_batches, strict=True):
+        for kind in kinds:
+            x = _solver_data(kind, count, b, seed=1000 + b)
+            k = keep_count(0.5, b)
+            ref = select_top_k(spectral_scores(x, solver="eigh"), k)
+            ref64 = select_top_k(spectral_scores(x.double(), solver="eigh"), k)
+            with _count_fallbacks() as fallbacks:
+                fast = select_top_k(spectral_scores(x, solver="subspace"), k)
+            overlap = (torch.zeros(len(x), b, dtype=torch.bool).scatter(1, fast, True)
+                       & torch.zeros(len(x), b, dtype=torch.bool).scatter(1, ref, True)).sum(-1) / k
+            agreement.append({"B": b, "data": kind, "batches": len(x),
+                              "identical": int((fast == ref).all(-1).sum()),
+                              "identical_eigh32_vs_eigh64": int((ref == ref64).all(-1).sum()),
+                              "mean_overlap": float(overlap.mean()), "min_overlap": float(overlap.min()),
+                              "fallbacks": sum(fallbacks)})
+            print(f"  agreement B={b} {kind}: {agreement[-1]['identical']}/{len(x)} identical,"
+                  f" eigh fp32 vs fp64 {agreement[-1]['identical_eigh32_vs_eigh64']}/{len(x)},"
+                  f" {agreement[-1]['fallbacks']} handed to eigh", flush=True)
+    identical = sum(a["identical"] for a in agreement)
+    total = sum(a["batches"] for a in agreement)
+    return {"D": 512, "threads": torch.get_num_threads(), "timing": timing, "agreement": agreement,
+            "agreement_total": {"identical": identical, "batches": total, "share": identical / total},
+            "auto_min_size": AUTO_SUBSPACE_MIN_SIZE}
+
+
+# ------------------------------------------------------------------------------------------------ time-to-accuracy
+
+
+TTA_KEEPS = (0.3, 0.5)
+TTA_SEEDS = (0, 1, 2)
+TTA_TUNE_SEED = 100
+
+
+class TwoSplitCurve(pl.Callback):
+    """Accuracy on the tune and the report split every ``every`` steps, against training time (wall and CPU) that
+    excludes the evaluations."""
+
+    def __init__(self, splits: dict[str, tuple[torch.Tensor, torch.Tensor]], every: int,
+                 stop_at: Optional[tuple[str, float]] = None) -> None:
+        self.splits, self.every, self.stop_at = splits, every, stop_at
+        self.points: list[dict] = []
+        self.samples = 0
+        self._eval_wall = self._eval_cpu = 0.0
+        self._wall0 = self._cpu0 = 0.0
+
+    def on_train_start(self, trainer, pl_module):
+        self._wall0, self._cpu0 = time.perf_counter(), time.process_time()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.samples += len(batch[0])
+        step = trainer.global_step
+        if step % self.every == 0 or step == trainer.max_steps:
+            wall, cpu = time.perf_counter(), time.process_time()
+            point = {"step": step, "samples": self.samples, "wall_s": wall - self._wall0 - self._eval_wall,
+                     "cpu_s": cpu - self._cpu0 - self._eval_cpu}
+            was_training = pl_module.training
+            pl_module.eval()
+            with torch.no_grad():
+                for name, (x, y) in self.splits.items():
+                    point[name] = float((pl_module(x).argmax(-1) == y).float().mean())
+            pl_module.train(was_training)
+            self.points.append(point)
+            if self.stop_at is not None and point[self.stop_at[0]] >= self.stop_at[1] - 1e-9:
+                trainer.should_stop = True  # the time to the target is known; the rest of the run is not needed
+            self._eval_wall += time.perf_counter() - wall
+            self._eval_cpu += time.process_time() - cpu
+
+
+def mnist1d_tta_task() -> dict:
+    """Long-tailed MNIST-1D (IF = 100), a balanced validation set halved into a tune and a report split, and a
+    balanced holdout from another generator seed for the reference model and the frozen extractor."""
+    from lightning_balance.experiments.mnist1d import long_tail_mnist1d, mnist1d_pool
+
+    train, val = long_tail_mnist1d(n_max=500, imbalance_factor=100.0, val_per_class=100, data_seed=0)
+    x, y = val.tensors
+    order = torch.argsort(y, stable=True)
+    tune = order.view(10, 100)[:, :50].flatten()
+    report = order.view(10, 100)[:, 50:].flatten()
+    hx, hy = mnist1d_pool(30, seed=99)
+    return {"name": "MNIST-1D-LT (IF=100)", "train": train.tensors, "tune": (x[tune], y[tune]),
+            "report": (x[report], y[report]), "holdout": (torch.from_numpy(hx), torch.from_numpy(hy))}
+
+
+def _tta_reference(task: dict, seed: int = 0, steps: int = 300) -> nn.Module:
+    """A small 1-D CNN trained on the balanced holdout: RHO-LOSS's and JEST's reference model, and (its
+    convolutional body) the frozen network whose cached features SALN scores."""
+    from lightning_balance.experiments.mnist1d import CNN1DClassifier
+
+    torch.manual_seed(seed)
+    model = CNN1DClassifier(channels=32)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = task["holdout"]
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def _tta_run(task: dict, saln_kwargs: Optional[dict], seed: int, epochs: int, batch_size: int = 64,
+             stop_at: Optional[tuple[str, float]] = None) -> dict:
+    from lightning_balance.experiments.mnist1d import CNN1DClassifier
+
+    pl.seed_everything(seed, verbose=False)
+    dm = TensorData(task["train"], task["tune"], batch_size=batch_size, seed=seed)
+    model = CNN1DClassifier(channels=256, lr=2e-3)  # the costlier learner: a 256-channel 1-D CNN
+    steps_per_epoch = len(task["train"][1]) // batch_size
+    curve = TwoSplitCurve({"tune": task["tune"], "report": task["report"]}, every=steps_per_epoch, stop_at=stop_at)
+    callbacks: list[pl.Callback] = [curve]
+    saln = None
+    if saln_kwargs is not None:
+        saln = TimedSALN(**saln_kwargs)
+        callbacks.append(saln)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, callbacks=callbacks, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, num_sanity_val_steps=0)
+    trainer.fit(model, dm)
+    last = curve.points[-1]
+    return {"seed": seed, "curve": curve.points, "steps": trainer.global_step, "samples": curve.samples,
+            "wall_s": last["wall_s"], "cpu_s": last["cpu_s"], "tune": last["tune"], "report": last["report"],
+            "selection_ms_per_step": 1e3 * (saln.selection_s if saln else 0.0) / trainer.global_step,
+            "step_ms": 1e3 * last["wall_s"] / trainer.global_step,
+            "cpu_step_ms": 1e3 * last["cpu_s"] / trainer.global_step}
+
+
+def _time_to(curve: list[dict], split: str, target: float, clock: str = "wall_s") -> Optional[float]:
+    hit = next((p for p in curve if p[split] >= target - 1e-9), None)
+    return None if hit is None else hit[clock]
+
+
+def _paired_log_ratio(method: Sequence[Optional[float]], full: Sequence[Optional[float]]) -> Optional[dict]:
+    """Speed-up of a method over full data (full time / method time), geometric mean over paired seeds and its
+    95% paired t interval (on the log of the ratio)."""
+    from scipy import stats
+
+    pairs = [(m, f) for m, f in zip(method, full, strict=True) if m is not None and f is not None]
+    if len(pairs) < 2 or len(pairs) < len(method):
+        return None
+    logs = np.log([f / m for m, f in pairs])
+    mean, sem = float(logs.mean()), float(stats.sem(logs))
+    half = float(stats.t.ppf(0.975, len(logs) - 1) * sem) if sem > 0 else 0.0
+    return {"speedup": math.exp(mean), "low": math.exp(mean - half), "high": math.exp(mean + half), "n": len(pairs)}
+
+
+def run_time_to_accuracy(epochs: int, seeds: Sequence[int], keeps: Sequence[float], tune_seed: int) -> dict:
+    """Time to the full-data accuracy for full data and every selection method: keep tuned on the tune split
+    (one seed), times reported on the report split (other seeds), paired over seeds."""
+    task = mnist1d_tta_task()
+    reference = _tta_reference(task)
+    # The frozen network: the reference's convolutional body, on signals [B, 40] as a channel of one.
+    frozen = nn.Sequential(nn.Unflatten(1, (1, task["train"][0].shape[1])), reference.body)
+    methods: dict[str, Optional[dict]] = {
+        "full data": None,
+        "random keep": {"method": "random"},
+        "loss keep": {"method": "loss"},
+        "Selective Backprop": {"method": "selective_backprop"},
+        "RHO-LOSS": {"method": "rho_loss", "reference": reference},
+        "JEST": {"method": "jest", "reference": reference, "n_chunks": 16},
+        "SALN": {"method": "spectral", "features": frozen},
+        # The setting docs/saln.md suggests for long-tailed classes: samples of classes with fewer than 20 are kept.
+        "SALN + tail guard": {"method": "spectral", "features": frozen, "protect_groups_below": TAIL_BELOW},
+    }
+    # A method that keeps a fraction `keep` of every batch may train for epochs / keep epochs (the same samples
+    # back-propagated as full data); every run stops at the evaluation where it first reaches its target.
+    def budget(keep: float) -> int:
+        return math.ceil(epochs / keep)
+
+    # Tuning: one seed, the tune split, the kept fraction that reaches full data's tune accuracy first.
+    full_tune = _tta_run(task, None, tune_seed, epochs)
+    tune_target = full_tune["tune"]
+    tuning: dict[str, dict] = {}
+    for name, kwargs in methods.items():
+        if kwargs is None:
+            continue
+        tried = {}
+        for keep in keeps:
+            run = _tta_run(task, {**kwargs, "keep": keep}, tune_seed, budget(keep), stop_at=("tune", tune_target))
+            tried[keep] = {"time_s": _time_to(run["curve"], "tune", tune_target), "final_tune": run["tune"]}
+            print(f"  tune {name} keep={keep}: time to {tune_target:.3f} {tried[keep]['time_s']},"
+                  f" final {run['tune']:.3f}", flush=True)
+        reached = {k: v["time_s"] for k, v in tried.items() if v["time_s"] is not None}
+        best = min(reached, key=reached.__getitem__) if reached else max(tried, key=lambda k: tried[k]["final_tune"])
+        tuning[name] = {"tried": tried, "chosen_keep": best}
+    # Report: full data first (its final accuracy is the target), then the chosen keep of every method, fresh
+    # seeds, the report split.
+    runs: dict[str, list[dict]] = {"full data": [_tta_run(task, None, seed, epochs) for seed in seeds]}
+    target = statistics.fmean(r["report"] for r in runs["full data"])
+    for name, kwargs in methods.items():
+        if kwargs is not None:
+            keep = tuning[name]["chosen_keep"]
+            runs[name] = [_tta_run(task, {**kwargs, "keep": keep}, seed, budget(keep), stop_at=("report", target))
+                          for seed in seeds]
+        print(f"  report {name}: last {_fmt([r['report'] for r in runs[name]])},"
+              f" {_fmt([r['wall_s'] for r in runs[name]], 1)} s", flush=True)
+    full_wall = [_time_to(r["curve"], "report", target, "wall_s") for r in runs["full data"]]
+    full_cpu = [_time_to(r["curve"], "report", target, "cpu_s") for r in runs["full data"]]
+    table = {}
+    for name, rs in runs.items():
+        wall = [_time_to(r["curve"], "report", target, "wall_s") for r in rs]
+        cpu = [_time_to(r["curve"], "report", target, "cpu_s") for r in rs]
+        steps = [_time_to(r["curve"], "report", target, "step") for r in rs]
+        table[name] = {
+            "keep": None if methods[name] is None else tuning[name]["chosen_keep"],
+            "final_report": [r["report"] for r in rs],
+            "best_report": [max(p["report"] for p in r["curve"]) for r in rs],
+            "wall_to_target_s": wall, "cpu_to_target_s": cpu,
+            "epochs_budget": epochs if name == "full data" else budget(tuning[name]["chosen_keep"]),
+            "steps_to_target": steps, "total_wall_s": [r["wall_s"] for r in rs],
+            "step_ms": [r["step_ms"] for r in rs], "cpu_step_ms": [r["cpu_step_ms"] for r in rs],
+            "selection_ms_per_step": [r["selection_ms_per_step"] for r in rs],
+            "speedup_wall": None if name == "full data" else _paired_log_ratio(wall, full_wall),
+            "speedup_cpu": None if name == "full data" else _paired_log_ratio(cpu, full_cpu),
+            "curves": [r["curve"] for r in rs],
+        }
+    return {"task": task["name"], "train_size": len(task["train"][1]),
+            "class_counts": torch.bincount(task["train"][1], minlength=10).tolist(), "epochs": epochs,
+            "batch_size": 64, "seeds": list(seeds), "tune_seed": tune_seed, "keeps": list(keeps),
+            "target_report": target, "tune_target": tune_target, "tuning": tuning, "methods": table,
+            "learner": "CNN1DClassifier(channels=256, lr=2e-3), Adam",
+            "frozen": "the convolutional body of a CNN1DClassifier(channels=32) trained on a balanced holdout of"
+                      " 30 signals per class (another generator seed); also the reference model"}
+
+
 # ------------------------------------------------------------------------------------------------ report
 
 
 def write_report(out: Path, cost: Optional[list], variants: Optional[dict], efficiency: Optional[dict],
-                 meta: dict) -> None:
+                 meta: dict, solver: Optional[dict] = None, tta: Optional[dict] = None) -> None:
     lines = ["# SALN benchmark", "", f"Generated by `benchmarks/saln_benchmark.py` on {meta['when']}"
              f" ({meta['platform']}, torch {meta['torch']}, {meta['threads']} CPU threads for the cost part,"
              " one for the training runs"
@@ -548,10 +904,86 @@ def write_report(out: Path, cost: Optional[list], variants: Optional[dict], effi
                              f" {statistics.fmean(row['selection_ms_per_step']):.2f} |"
                              f" {statistics.fmean(row['step_ms']):.2f} |")
             lines.append("")
+    lines += _solver_report(solver) + _tta_report(tta)
     (out / "saln.md").write_text("\n".join(lines))
 
 
-def plot(out: Path, cost: Optional[list], variants: Optional[dict], efficiency: Optional[dict]) -> None:
+def _solver_report(solver: Optional[dict]) -> list[str]:
+    if not solver:
+        return []
+    lines = ["## Fiedler solvers", "",
+             f"Time per batch on the CPU ({solver['threads']} thread), D = {solver['D']}: 'mixture-10' is ten"
+             " Gaussian clusters (signed features: the graph is built), 'digits-embedded' the 8x8 digits through a"
+             " random ReLU layer (non-negative features, as embeddings after a ReLU are: the graph is applied"
+             " through the features and never built). Every method runs in turn within each repeat, median. 'Whole"
+             " scoring' is `spectral_scores` from features to scores: the legacy eigh path is the code as it was"
+             " before the iterative solvers (a full Gram matrix, fresh temporaries, `eigh`), `solver='eigh'` the"
+             " current similarity build with `eigh`, `solver='auto'` what runs by default. `auto` uses subspace"
+             f" iteration from B = {solver['auto_min_size']} on (CPU).", "",
+             "| data | B | eigh | subspace | lobpcg | handed to eigh (subspace / lobpcg) | legacy scoring |"
+             " scoring, eigh | scoring, subspace | scoring, auto | legacy / auto |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in solver["timing"]:
+        ms = r["ms_per_batch"]
+        lob = f"{ms['lobpcg']:.2f}" if "lobpcg" in ms else "not run"
+        fb = f"{r['fallbacks'].get('subspace', 0)} / {r['fallbacks'].get('lobpcg', '-')} of {r['batches']}"
+        lines.append(f"| {r.get('data', 'mixture-10')} | {r['B']} | {ms['eigh']:.2f} | {ms['subspace']:.2f} | {lob} |"
+                     f" {fb} |"
+                     f" {ms['scores: legacy eigh path']:.2f} | {ms['scores: solver=' + repr('eigh')]:.2f} |"
+                     f" {ms['scores: solver=' + repr('subspace')]:.2f} | {ms['scores: solver=' + repr('auto')]:.2f} |"
+                     f" {r['ratios']['legacy / auto']:.1f}x |")
+    total = solver["agreement_total"]
+    lines += ["", f"Kept half (boundary score) of realistic batches, subspace iteration against `eigh`:"
+              f" **{total['identical']} of {total['batches']} identical ({100 * total['share']:.1f}%)**. The"
+              " float32 `eigh` against a float64 `eigh` is the noise floor.", "",
+              "| B | data | batches | identical to eigh | eigh fp32 = fp64 | mean overlap | min overlap |"
+              " handed to eigh |", "|---|---|---|---|---|---|---|---|"]
+    for a in solver["agreement"]:
+        lines.append(f"| {a['B']} | {a['data']} | {a['batches']} | {a['identical']} |"
+                     f" {a['identical_eigh32_vs_eigh64']} | {a['mean_overlap']:.4f} | {a['min_overlap']:.4f} |"
+                     f" {a['fallbacks']} |")
+    return lines + [""]
+
+
+def _tta_report(tta: Optional[dict]) -> list[str]:
+    if not tta:
+        return []
+    lines = ["## Time to the full-data accuracy", "",
+             f"{tta['task']}: {tta['train_size']} training signals {tta['class_counts']}, learner"
+             f" {tta['learner']}, batch {tta['batch_size']}; full data trains {tta['epochs']} epochs, a method that"
+             " keeps a fraction `keep` up to epochs / keep (the same samples back-propagated), and every selection"
+             " run stops at the evaluation where it reaches its target; frozen features and reference:"
+             f" {tta['frozen']}. Kept fraction tuned per method over {tta['keeps']} on the tune split (seed"
+             f" {tta['tune_seed']}: first to reach full data's tune accuracy {tta['tune_target']:.3f}); reported on"
+             f" the report split with seeds {tta['seeds']}. Target: full data's final report accuracy, mean over"
+             f" seeds, **{tta['target_report']:.3f}**. Times are training time without the evaluations (every"
+             " epoch); speed-up = full data's time / the method's, geometric mean over the paired seeds with a"
+             " 95% paired t interval (scipy.stats) on its log; 'n/a' where a seed did not reach the target.", "",
+             "| method | keep | epochs budget | best report acc. | wall s to target | speed-up (wall) |"
+             " CPU s to target | speed-up (CPU) | steps to target | wall ms per step | CPU ms per step |"
+             " selection CPU ms per step |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def speed(v: Optional[dict]) -> str:
+        return "n/a" if not v else f"{v['speedup']:.2f}x [{v['low']:.2f}, {v['high']:.2f}]"
+
+    for name, row in tta["methods"].items():
+        lines.append(
+            f"| {name} | {row['keep'] if row['keep'] is not None else 1.0} | {row.get('epochs_budget', '')} |"
+            f" {_fmt(row.get('best_report', row['final_report']))} |"
+            f" {_fmt(row['wall_to_target_s'], 1)} | {speed(row['speedup_wall'])} | {_fmt(row['cpu_to_target_s'], 1)} |"
+            f" {speed(row['speedup_cpu'])} | {_fmt(row['steps_to_target'], 0)} | {_fmt(row['step_ms'], 2)} |"
+            f" {_fmt(row.get('cpu_step_ms', [float('nan')]), 2)} | {_fmt(row['selection_ms_per_step'], 2)} |")
+    tried = []
+    for name, t in tta["tuning"].items():
+        times = ", ".join(f"keep {k}: " + ("not reached" if v["time_s"] is None else f"{v['time_s']:.1f} s")
+                          for k, v in t["tried"].items())
+        tried.append(f"{name} {times}")
+    lines += ["", f"Tuning (tune split, seed {tta['tune_seed']}, wall s to its target): " + "; ".join(tried) + ".", ""]
+    return lines
+
+
+def plot(out: Path, cost: Optional[list], variants: Optional[dict], efficiency: Optional[dict],
+         solver: Optional[dict] = None, tta: Optional[dict] = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -601,13 +1033,63 @@ def plot(out: Path, cost: Optional[list], variants: Optional[dict], efficiency: 
         fig.tight_layout()
         fig.savefig(out / "saln_efficiency.png", dpi=120)
         plt.close(fig)
+    if solver:
+        _plot_solver(plt, out, solver)
+    if tta:
+        _plot_tta(plt, out, tta)
+
+
+def _plot_solver(plt: Any, out: Path, solver: dict) -> None:
+    kinds = sorted({r.get("data", "mixture-10") for r in solver["timing"]}, reverse=True)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False, sharey=True)
+    styles = {"eigh": ("o-", "solve: eigh"), "subspace": ("s-", "solve: subspace"), "lobpcg": ("^-", "solve: lobpcg"),
+              "scores: legacy eigh path": ("o:", "whole scoring, legacy (eigh)"),
+              "scores: solver='auto'": ("s:", "whole scoring, auto")}
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        rows = [r for r in solver["timing"] if r.get("data", "mixture-10") == kind]
+        for name, (style, label) in styles.items():
+            pts = [(r["B"], r["ms_per_batch"][name]) for r in rows if name in r["ms_per_batch"]]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), style, label=label)
+        ax.axvline(solver["auto_min_size"], color="grey", lw=0.8, ls="--")
+        ax.set(xscale="log", yscale="log", xlabel="batch size B", title=f"{kind}, D = {solver['D']}")
+        ax.set_xticks([r["B"] for r in rows], [str(r["B"]) for r in rows])
+        ax.minorticks_off()
+    axes[0][0].set_ylabel("ms per batch (CPU, 1 thread)")
+    axes[0][0].legend(fontsize=7, title=f"dashed: auto switches to subspace at B = {solver['auto_min_size']}",
+                      title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "saln_solver.png", dpi=120)
+    plt.close(fig)
+
+
+def _plot_tta(plt: Any, out: Path, tta: dict) -> None:
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, row) in enumerate(tta["methods"].items()):
+        color = "black" if name == "full data" else colors[(i - 1) % len(colors)]
+        keep = "" if row["keep"] is None else f" (keep {row['keep']})"
+        for j, curve in enumerate(row["curves"]):
+            ax.plot([p["cpu_s"] for p in curve], [p["report"] for p in curve], color=color,
+                    lw=2.0 if name in ("SALN", "full data") else 1.0, alpha=0.8,
+                    label=name + keep if j == 0 else None)
+        hits = [t for t in row["cpu_to_target_s"] if t is not None]
+        ax.plot(hits, [tta["target_report"]] * len(hits), "o", color=color, ms=5)
+    ax.axhline(tta["target_report"], color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="training CPU time (s); one line per seed, dots: time to the target",
+           ylabel="accuracy, report split",
+           title=f"{tta['task']}: time to full data's accuracy ({tta['target_report']:.3f})")
+    ax.set_ylim(max(0.0, tta["target_report"] - 0.35), min(1.0, tta["target_report"] + 0.08))
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "saln_tta.png", dpi=120)
+    plt.close(fig)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: few batches, 1 seed, few epochs")
-    parser.add_argument("--parts", nargs="*", default=["cost", "variants", "efficiency"],
-                        choices=["cost", "variants", "efficiency"])
+    parser.add_argument("--parts", nargs="*", default=list(PARTS), choices=list(PARTS))
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: benchmarks/results)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for the cost part (default: torch's)")
     args = parser.parse_args(argv)
@@ -620,7 +1102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
         meta["threads"] = args.threads
-    cost = variants = efficiency = None
+    cost = variants = efficiency = solver = tta = None
     start = time.perf_counter()
     if "cost" in args.parts:
         devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -634,12 +1116,26 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         tasks = [digits_task(4 if args.quick else 60), breast_cancer_task(4 if args.quick else 40)]
         efficiency = run_efficiency(tasks, seeds)
         (out / "saln_efficiency.json").write_text(json.dumps({"meta": meta, **efficiency}, indent=1))
+    if "solver" in args.parts:
+        part_start = time.perf_counter()
+        solver = (run_solver((64, 128, 256), 2, 3, (4,), (256,)) if args.quick else
+                  run_solver((64, 128, 192, 256, 512, 1024), 4, 7, (50, 25), (256, 1024)))
+        solver["seconds"] = time.perf_counter() - part_start
+        (out / "saln_solver.json").write_text(json.dumps({"meta": meta, **solver}, indent=1))
+    if "tta" in args.parts:
+        part_start = time.perf_counter()
+        tta = (run_time_to_accuracy(3, TTA_SEEDS[:2], TTA_KEEPS[:1], TTA_TUNE_SEED) if args.quick else
+               run_time_to_accuracy(15, TTA_SEEDS, TTA_KEEPS, TTA_TUNE_SEED))
+        tta["seconds"] = time.perf_counter() - part_start
+        (out / "saln_tta.json").write_text(json.dumps({"meta": meta, **tta}, indent=1))
     # Parts not run this time keep their previous results in the summary.
     cost = cost or _load(out / "saln_cost.json", "rows")
     variants = variants or _load(out / "saln_variants.json")
     efficiency = efficiency or _load(out / "saln_efficiency.json")
-    write_report(out, cost, variants, efficiency, meta)
-    plot(out, cost, variants, efficiency)
+    solver = solver or _load(out / "saln_solver.json")
+    tta = tta or _load(out / "saln_tta.json")
+    write_report(out, cost, variants, efficiency, meta, solver, tta)
+    plot(out, cost, variants, efficiency, solver, tta)
     print(f"wrote {out} in {time.perf_counter() - start:.0f} s")
 
 

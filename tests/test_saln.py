@@ -691,6 +691,7 @@ def test_super_batch_selection_trains_on_b_of_each_batch(kwargs, kept):
     ({"batch_size": 8, "filter_ratio": 0.8}, r"needs a super-batch of 40.*batch is 16.*batch_size=40"),
     ({"batch_size": 4, "method": "jest", "n_chunks": 5}, r"`n_chunks`.*4 samples.*5"),
     ({"filter_ratio": 0.9, "method": "jest", "n_chunks": 3}, r"`n_chunks`.*2 samples kept per super-batch.*3"),
+    ({"keep": 0.25, "method": "jest", "n_chunks": 5}, r"`n_chunks`.*4 samples kept per batch \(keep=0.25 of 16\).*5"),
 ])
 def test_super_batch_the_datamodule_cannot_provide(kwargs, match):
     if kwargs.get("method") == "jest":

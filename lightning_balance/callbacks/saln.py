@@ -513,11 +513,11 @@ class SALN(Callback):
                 f"Expected argument `n_chunks` to be a positive integer (JEST draws the kept samples in that many"
                 f" chunks), but got {n_chunks!r}. JEST uses 16."
             )
-        fixed_k = self._fixed_count(keep, batch_size)
-        if method == "jest" and fixed_k is not None and n_chunks > fixed_k:
+        # With `batch_size` the kept count is known now; otherwise it waits for the DataModule's batch (`setup`).
+        if method == "jest" and batch_size is not None and n_chunks > batch_size:
             raise ValueError(
-                f"Expected argument `n_chunks` to be at most the {fixed_k} samples kept per step, but got"
-                f" n_chunks={n_chunks!r}. Use `n_chunks={min(16, fixed_k)}` or keep more samples."
+                f"Expected argument `n_chunks` to be at most the {batch_size} samples kept per step, but got"
+                f" n_chunks={n_chunks!r}. Use `n_chunks={min(16, int(batch_size))}` or keep more samples."
             )
         if beta is not None and (
             isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 <= beta < math.inf
@@ -575,13 +575,6 @@ class SALN(Callback):
         self._warned_mixed_batch = False
         self._checked_reference = False
         self._strategy: Any = None
-
-    @staticmethod
-    def _fixed_count(keep: KeepLike, batch_size: Optional[int]) -> Optional[int]:
-        """Samples kept per step when that is known without the DataModule, else None."""
-        if batch_size is not None:
-            return int(batch_size)
-        return None
 
     @property
     @override
@@ -671,6 +664,14 @@ class SALN(Callback):
 
     def _check_super_batch(self, datamodule: BalancedDataModule) -> None:
         if self.batch_size is None and self.filter_ratio is None:
+            size = getattr(datamodule, "batch_size", None)
+            if self.method == "jest" and not callable(self.keep) and isinstance(size, int) and size > 0:
+                kept = self.kept_count(size)
+                if self.n_chunks > kept:
+                    raise MisconfigurationException(
+                        f"Expected argument `n_chunks` to be at most the {kept} samples kept per batch (keep="
+                        f"{self.keep} of {size}), but got n_chunks={self.n_chunks}. Use `n_chunks={min(16, kept)}`."
+                    )
             return
         super_batch = getattr(datamodule, "batch_size", None)
         if isinstance(super_batch, bool) or not isinstance(super_batch, numbers.Integral) or super_batch < 1:

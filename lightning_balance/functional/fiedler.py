@@ -57,7 +57,7 @@ _LAPLACIANS = ("plain", "normalized", "random_walk")
 
 #: From this batch size on, ``method="auto"`` uses subspace iteration on the CPU (``eigh`` below it and on other
 #: devices). Chosen by measurement: ``python benchmarks/saln_benchmark.py --parts solver``.
-AUTO_SUBSPACE_MIN_SIZE = 128
+AUTO_SUBSPACE_MIN_SIZE = 160
 
 # Chebyshev degree per outer step and outer steps before giving up (then eigh). Chosen by measurement, see above.
 _DEGREE = 5

@@ -87,8 +87,10 @@ def test_compare_with_a_user_model_and_json_arguments(tmp_path):
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_compare_reads_a_lightning_cli_config(tmp_path, capsys, config):
     assert _compare(tmp_path, "--config", str(config), "--only", "natural") == 0
+    import yaml
+
     data = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert data["settings"]["model_args"]["hidden"] == 64
+    assert data["settings"]["model_args"] == yaml.safe_load(config.read_text())["model"]["init_args"]
     # compare sets strategy, temperature and seed itself, run by run
     assert "strategy" not in data["settings"]["datamodule_args"]
     assert "Ignoring strategy" in capsys.readouterr().out

@@ -61,12 +61,12 @@ def _is_integer(value: object) -> bool:
 
 
 def _validate_fraction(value: object, name: str = "keep") -> float:
-    if not _is_real(value) or math.isnan(value) or not 0.0 < value <= 1.0:  # type: ignore[arg-type]
+    if not _is_real(value) or math.isnan(value) or not 0.0 < value <= 1.0:  # type: ignore[arg-type, operator]
         raise ValueError(
             f"Expected argument `{name}` to be the fraction of each batch to train on, in (0, 1], but got {value!r}."
             " Use keep=1.0 to train on every sample, or a schedule `keep(progress) -> fraction`."
         )
-    return float(value)
+    return float(value)  # type: ignore[arg-type]
 
 
 def resolve_keep(keep: KeepLike, progress: float) -> float:
@@ -251,12 +251,12 @@ def super_batch_size(batch_size: int, filter_ratio: float) -> int:
 
 
 def _validate_filter_ratio(value: object) -> float:
-    if not _is_real(value) or math.isnan(value) or not 0.0 <= value < 1.0:  # type: ignore[arg-type]
+    if not _is_real(value) or math.isnan(value) or not 0.0 <= value < 1.0:  # type: ignore[arg-type, operator]
         raise ValueError(
             "Expected argument `filter_ratio` to be in [0, 1) (the fraction of the super-batch left out), but got"
             f" {value!r}. JEST uses 0.5 to 0.9; 0 trains on the whole super-batch."
         )
-    return float(value)
+    return float(value)  # type: ignore[arg-type]
 
 
 def _validate_chunks(n_chunks: object, k: int) -> int:
@@ -391,7 +391,7 @@ def selective_backprop_select(
         return torch.zeros((*losses.shape[:-1], 0), dtype=torch.long, device=losses.device)
     if beta is None:
         beta = b / k - 1.0
-    if not _is_real(beta) or math.isnan(beta) or not 0.0 <= beta < math.inf:  # type: ignore[arg-type]
+    if not _is_real(beta) or math.isnan(beta) or not 0.0 <= beta < math.inf:
         raise ValueError(
             f"Expected argument `beta` to be a finite number >= 0 (the exponent of the loss percentile), but got"
             f" {beta!r}. Composer uses 1 / keep - 1."

@@ -159,7 +159,7 @@ def _take_entries(batch: Any, entries: Sequence[Union[int, str]], positions: tor
     if isinstance(batch, Mapping):
         out = {key: chosen.get(key, value) for key, value in batch.items()}
         try:
-            return type(batch)(out)
+            return type(batch)(out)  # type: ignore[call-arg]
         except TypeError:
             return out
     items = [chosen.get(i, value) for i, value in enumerate(batch)]
@@ -208,8 +208,9 @@ class _IndexCache:
                 continue
             if event is not None:
                 event.synchronize()
-            self.values[rows] = buffer.to(self.values.dtype)  # type: ignore[index]
-            self.filled[rows] = True  # type: ignore[index]
+            assert self.values is not None and self.filled is not None  # allocated before anything is pending
+            self.values[rows] = buffer.to(self.values.dtype)
+            self.filled[rows] = True
         self._pending = still
 
     def _store(self, rows: torch.Tensor, fresh: torch.Tensor) -> None:
@@ -288,18 +289,19 @@ class _IndexCache:
             return  # no rank has filled anything
         if self.values is None:
             self._allocate(*spec)
+        assert self.values is not None and self.filled is not None
         device = strategy.root_device
         rows = max(1, (64 * 2**20) // max(1, math.prod(spec[0]) * 4))  # ~64 MB per chunk on the device
         for start in range(0, self.size, rows):
             part = slice(start, min(self.size, start + rows))
-            flag = self.filled[part].to(device)  # type: ignore[index]
-            value = self.values[part].to(device, torch.float32)  # type: ignore[index]
+            flag = self.filled[part].to(device)
+            value = self.values[part].to(device, torch.float32)
             value = value * flag.view(-1, *([1] * (value.ndim - 1)))
             count = strategy.reduce(flag.float(), reduce_op="sum")
             total = strategy.reduce(value, reduce_op="sum")
             merged = total / count.clamp_min(1.0).view(-1, *([1] * (value.ndim - 1)))
-            self.values[part] = merged.to(self.values.dtype).cpu()  # type: ignore[index]
-            self.filled[part] = (count > 0).cpu()  # type: ignore[index]
+            self.values[part] = merged.to(self.values.dtype).cpu()
+            self.filled[part] = (count > 0).cpu()
 
 
 def _memmap_table(directory: str, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -538,42 +540,42 @@ class SALN(Callback):
                     f"Expected argument `reference` to define `per_sample_loss(batch) -> [B]`, but"
                     f" {type(reference).__name__} has no such method. Add it (the learner uses the same hook)."
                 )
-        self.keep = keep
+        self.keep: KeepLike = keep
         self.method: Method = method
-        self._configured_method = configured_method  # the spelling the state key was built from
-        self.batch_size = None if batch_size is None else int(batch_size)
-        self.filter_ratio = filter_ratio
+        self._configured_method: str = configured_method  # the spelling the state key was built from
+        self.batch_size: Optional[int] = None if batch_size is None else int(batch_size)
+        self.filter_ratio: Optional[float] = filter_ratio
         self.select: Optional[BatchSelect] = (
             select if select is None or callable(select) else tuple(int(e) if isinstance(e, numbers.Integral) else e
                                                                     for e in select)
         )
-        self.features = features
-        self.inputs = inputs
+        self.features: FeatureSource = features
+        self.inputs: InputSelector = inputs
         self.laplacian: LaplacianKind = laplacian
         self.negative: NegativeSimilarity = negative
         self.score: SpectralScore = score
         self.solver: FiedlerMethod = solver
-        self.protect_groups_below = None if protect_groups_below is None else int(protect_groups_below)
-        self.reference = reference
-        self.n_chunks = int(n_chunks)
-        self.beta = None if beta is None else float(beta)
-        self.seed = int(seed)
-        self.save_cache = bool(save_cache)
-        self.cache_dir = cache_dir
+        self.protect_groups_below: Optional[int] = None if protect_groups_below is None else int(protect_groups_below)
+        self.reference: Optional[nn.Module] = reference
+        self.n_chunks: int = int(n_chunks)
+        self.beta: Optional[float] = None if beta is None else float(beta)
+        self.seed: int = int(seed)
+        self.save_cache: bool = bool(save_cache)
+        self.cache_dir: Optional[str] = cache_dir
 
-        self.samples_seen = 0
-        self.samples_kept = 0
-        self._batches = 0
+        self.samples_seen: int = 0
+        self.samples_kept: int = 0
+        self._batches: int = 0
         self._total_steps: Optional[float] = None
-        self._feature_cache = _IndexCache("features", cache_dir)
-        self._reference_cache = _IndexCache("reference_loss", cache_dir)
+        self._feature_cache: _IndexCache = _IndexCache("features", cache_dir)
+        self._reference_cache: _IndexCache = _IndexCache("reference_loss", cache_dir)
         self._protected: Optional[torch.Tensor] = None  # [N] bool, on the CPU
         self._group_ids: Optional[torch.Tensor] = None  # [N] int64, on the CPU
         self._generators: dict[torch.device, torch.Generator] = {}
         self._moved: dict[int, torch.device] = {}
-        self._dataset_size = 0
-        self._warned_mixed_batch = False
-        self._checked_reference = False
+        self._dataset_size: int = 0
+        self._warned_mixed_batch: bool = False
+        self._checked_reference: bool = False
         self._strategy: Any = None
 
     @property
@@ -689,7 +691,7 @@ class SALN(Callback):
                 f" {self.filter_ratio or 0.5}."
             )
         if self.batch_size is not None and self.filter_ratio is not None:
-            implied = filter_ratio_count(self.filter_ratio, super_batch)
+            implied = filter_ratio_count(self.filter_ratio, int(super_batch))
             if implied != self.batch_size:
                 raise MisconfigurationException(
                     f"SALN(batch_size={self.batch_size}, filter_ratio={self.filter_ratio}) needs a super-batch of"

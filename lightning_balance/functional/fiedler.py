@@ -45,7 +45,7 @@ normalised again.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, NamedTuple, Optional
+from typing import Literal, NamedTuple, Optional, Union
 
 import torch
 
@@ -109,7 +109,7 @@ def fiedler_vectors(
     block_size: int = 16,
     max_iter: Optional[int] = None,
     return_info: bool = False,
-):
+) -> Union[torch.Tensor, FiedlerResult]:
     r"""Fiedler vectors of a stack of similarity graphs.
 
     Args:
@@ -381,13 +381,11 @@ def _subspace(
     """
     # The known top eigenvector is projected out after every product: the filter grows it fastest of all, and
     # a rounding-level remnant would otherwise swamp the block within a few steps.
-    raw = op
-
-    def op(v: torch.Tensor) -> torch.Tensor:
-        return _deflate(raw(v), trivial)
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        return _deflate(op(v), trivial)
 
     v = _start(trivial, p)
-    theta, x, ax = _rayleigh_ritz(v, op(v))
+    theta, x, ax = _rayleigh_ritz(v, apply(v))
     residual = torch.linalg.vector_norm(ax[..., :2] - x[..., :2] * theta[:, None, :2], dim=-2)
     for _ in range(iterations):
         if _host_reads_free(trivial.device) and bool((residual <= tol).all()):
@@ -401,9 +399,9 @@ def _subspace(
             # Rescaling every column keeps the growing polynomial inside float32; the recurrence is linear.
             scale = torch.linalg.vector_norm(cur, dim=-2, keepdim=True).clamp_min(torch.finfo(cur.dtype).tiny)
             prev, cur = prev / scale, cur / scale
-            prev, cur = cur, 2 * (op(cur) - mid * cur) / half - prev
+            prev, cur = cur, 2 * (apply(cur) - mid * cur) / half - prev
         v = torch.linalg.qr(_deflate(cur, trivial)).Q
-        theta, x, ax = _rayleigh_ritz(v, op(v))
+        theta, x, ax = _rayleigh_ritz(v, apply(v))
         residual = torch.linalg.vector_norm(ax[..., :2] - x[..., :2] * theta[:, None, :2], dim=-2)
     return x[..., 0], theta[:, :2], residual
 

@@ -41,7 +41,7 @@ Conventions that make the scores well defined:
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Literal, Optional, cast
 
 import torch
 
@@ -173,7 +173,9 @@ def _similarity(x: torch.Tensor, negative: str, peak: Optional[torch.Tensor] = N
     return sim
 
 
-def _fiedler(x: torch.Tensor, peak: Optional[torch.Tensor], laplacian: str, negative: str, solver: str) -> torch.Tensor:
+def _fiedler(
+    x: torch.Tensor, peak: Optional[torch.Tensor], laplacian: str, negative: str, solver: FiedlerMethod
+) -> torch.Tensor:
     """Fiedler vectors of the cosine graphs of ``x`` ``[N, B, D]``.
 
     Subspace iteration runs on what the features prove about the graph (a tighter spectrum floor); when the graph
@@ -185,7 +187,7 @@ def _fiedler(x: torch.Tensor, peak: Optional[torch.Tensor], laplacian: str, nega
     unit = _unit_rows(x, peak)
     method = resolve_fiedler_method(solver, b, x.device)
     if method != "subspace" or b < 8 or d == 0:
-        return fiedler_vectors(_similarity(unit, negative, unit=True), laplacian, method=solver)
+        return cast(torch.Tensor, fiedler_vectors(_similarity(unit, negative, unit=True), laplacian, method=solver))
     low_rank = d <= b and (negative == "shift" or (negative == "clamp" and not bool(unit.amin() < 0)))
     sim = None if low_rank else _similarity(unit, negative, unit=True)
 

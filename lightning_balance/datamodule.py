@@ -756,7 +756,14 @@ class BalancedDataModule(LightningDataModule):
                         batch, kept = transform(trainer, trainer.lightning_module, batch, kept)
             if groups is None:
                 groups = self.train_group_ids[indices.cpu()]
-            self._batch_groups = _groups_of_kept(kept.cpu(), indices.cpu(), groups.cpu())
+            if kept is indices:
+                self._batch_groups = groups
+            else:
+                # A selection made on the device stays there: moving it to the host would sync every step.
+                device = kept.device
+                self._batch_groups = _groups_of_kept(
+                    kept, indices.to(device, non_blocking=True), groups.to(device, non_blocking=True)
+                )
         else:
             # Evaluation batches carry no indices: no group weights apply to them. Their labels are their groups
             # when the groups are the labels, which is what per-group validation signals need.

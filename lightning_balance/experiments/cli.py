@@ -302,10 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
                              " used; settings a comparison cannot honour are refused by name")
     which = cmp.add_argument_group("strategies")
     which.add_argument("--strategies", default=None, metavar="NAMES",
-                       help="comma-separated runs among natural,upsample,upweight,cooldown,upsample_t100,unimax,"
-                            "class_balanced,drw,logit_adjust,logit_adjust_posthoc, or `all` of them (default:"
-                            " natural,upsample,upweight,cooldown,logit_adjust_posthoc); saln with --saln;"
-                            " overfit_guard,online_mixing,group_dro (or `adaptive`)")
+                       help="comma-separated runs among natural, upsample, upweight, cooldown, upsample_t100,"
+                            " unimax, class_balanced, drw, logit_adjust, logit_adjust_posthoc, or `all` of them"
+                            " (default: natural,upsample,upweight,cooldown,logit_adjust_posthoc); saln with --saln;"
+                            " overfit_guard, online_mixing, group_dro (or `adaptive`)")
     which.add_argument("--only", default=None, help=argparse.SUPPRESS)  # the name of --strategies until 0.2
     which.add_argument("--adaptive", action="store_true",
                        help="add the adaptive mixing runs: overfit_guard (OverfitGuard on validation, from T),"

@@ -485,8 +485,9 @@ def adaptive_goal(summary: Sequence[Mapping[str, Any]], runs: Sequence[RunResult
                          f" {_ci_words(stats[closest])}: {'beats all' if beats else 'does not beat all'}")
             met = met or (beats and head_ok)
         out["policies"][name] = entry
-        lines.append(f"  {name} ({row['label']}): head {row['recall_head_mean']:.3f}"
-                     f" ({'within 1 point of' if head_ok else 'more than 1 point below'} natural's); " + "; ".join(parts) + ".")
+        where = "within 1 point of" if head_ok else "more than 1 point below"
+        lines.append(f"  {name} ({row['label']}): head {row['recall_head_mean']:.3f} ({where} natural's); "
+                     + "; ".join(parts) + ".")
     out["met"] = met if judged else None
     verdict_words = {True: "met", False: "not met", None: "cannot be judged (fewer than two seeds)"}[out["met"]]
     lines.append(f"  Goal {verdict_words}.")

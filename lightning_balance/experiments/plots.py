@@ -97,6 +97,8 @@ def log_steps_axis(ax: Axes, steps: Sequence[float]) -> None:
         ticks = sorted({round(low), round(high)})
     while len(ticks) > 6:
         ticks = ticks[::2]
+    if ticks[0] / low >= 1.6:
+        ticks = [low, *ticks]  # the first validation, when it sits well clear of the first round step
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_locator(NullLocator())
@@ -208,6 +210,12 @@ def plot_tradeoff(
         for values, setter in ((xs, ax.set_xlim), (ys, ax.set_ylim)):
             pad = max(0.03, (max(values) - min(values)) * 0.2)
             setter(max(0.0, min(values) - pad), min(1.0, max(values) + pad))
+        natural = next((row for row in summary if row["name"] == "natural"), None)
+        head = _number(natural["recall_head_mean"]) if natural is not None else math.nan
+        if np.isfinite(head):
+            # --prefer balanced: the strategies in this band keep the head within 1 point of natural sampling's.
+            ax.axvspan(head - 0.01, ax.get_xlim()[1], color="grey", alpha=0.12, lw=0,
+                       label="head within 1 point of natural's")
     ax.set_xlabel(f"head {measure} ({which})")
     ax.set_ylabel(f"tail {measure} ({which})")
     ax.grid(alpha=0.3)

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DistributedSampler
 
-from lightning_balance.mixture import Mixture, Order
+from lightning_balance.mixture import Mixture, Order, _non_negative_int, _positive_int
 from lightning_balance.schedules import TemperatureLike
 
 __all__ = ["MixtureSampler", "TemperatureSampler", "GroupIndex"]
@@ -308,7 +308,7 @@ def _check_resume(state: dict[str, Any], mixture: Mixture) -> int:
             + ", ".join(f"{key}: {saved[key]!r} -> {mine[key]!r}" for key in changed)
             + "): the position is kept and the new schedule applies from there."
         )
-    return _non_negative(state.get("position", 0), "position")
+    return _non_negative_int(state.get("position", 0), "position")
 
 
 class TemperatureSampler(MixtureSampler):
@@ -404,18 +404,6 @@ class TemperatureSampler(MixtureSampler):
     def probs(self, step: int = 0) -> torch.Tensor:
         """Group probabilities realised at optimizer step ``step``."""
         return self.mixture.probs_at(step)
-
-
-def _non_negative(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"Expected `{name}` to be a non-negative integer, but got {value!r}.")
-    return int(value)
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"Expected argument `{name}` to be a positive integer, but got {value!r}.")
-    return int(value)
 
 
 def _resolve_world(num_replicas: Optional[int], rank: Optional[int]) -> tuple[int, int]:

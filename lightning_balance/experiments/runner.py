@@ -419,7 +419,7 @@ def _train(
     load.append(load_average())
     if not trainer.is_global_zero:
         return []
-    samples = recorder.samples_seen if saln is None else int(saln.samples_kept) * trainer.world_size  # type: ignore[has-type]
+    samples = recorder.samples_seen if saln is None else int(saln.samples_kept) * trainer.world_size
     results = []
     for run, curve in [(spec, recorder.curve), *((twin, recorder.twin_curve(twin.name)) for twin in twins)]:
         result = _run_result(run, seed, recorder, curve, trainer, samples, wall, settings)

@@ -20,6 +20,8 @@ module                 concern
 ``cli``                the ``lightning-balance`` command line
 ``datasets``           the long-tailed digits and data helpers
 ``models``             the reference MLP
+``mnist1d``            the default task: long-tailed MNIST-1D and its 1-D CNN
+``adaptive_study``     does an adaptive mixing policy win? (``docs/adaptive.md``)
 =====================  ==================================================================================
 
 The names below are imported on first use, so that importing one module does not import them all.
@@ -31,10 +33,15 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "COMPARE_SETTINGS",
+    "CNN1DClassifier",
     "CompareResult",
     "CompareSettings",
     "ComponentSpec",
     "ConfigurationError",
+    "LongTailDigits",
+    "LongTailMNIST1D",
+    "MLPClassifier",
     "RunResult",
     "RunSpec",
     "compare",
@@ -48,6 +55,8 @@ _HOMES = {
     "CompareResult": "runner", "RunResult": "runner", "compare": "runner", "run_once": "runner",
     "CompareSettings": "settings", "ComponentSpec": "settings", "ConfigurationError": "settings",
     "RunSpec": "settings", "default_runs": "settings", "recommend": "summary", "summarize": "summary",
+    "LongTailDigits": "datasets", "MLPClassifier": "models", "LongTailMNIST1D": "mnist1d",
+    "CNN1DClassifier": "mnist1d", "COMPARE_SETTINGS": "mnist1d",
 }
 
 

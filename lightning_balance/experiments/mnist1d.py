@@ -35,7 +35,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from lightning_balance.datamodule import BalancedDataModule, balanced_loss
+from lightning_balance.datamodule import BalancedDataModule, balanced_cross_entropy
 from lightning_balance.experiments.datasets import long_tail_counts, long_tail_subset
 
 __all__ = ["COMPARE_SETTINGS", "CNN1DClassifier", "LongTailMNIST1D", "long_tail_mnist1d", "mnist1d_pool"]
@@ -274,7 +274,9 @@ class CNN1DClassifier(LightningModule):
         return F.cross_entropy(self(x), y, reduction="none")
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss = balanced_loss(self, self.per_sample_loss(batch))
+        # Through the logits, so that the logit-adjusted loss (strategy="logit_adjust") can train this model too;
+        # under every other strategy it is balanced_loss of the per-sample cross-entropy.
+        loss = balanced_cross_entropy(self, self(batch[0]), batch[1])
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

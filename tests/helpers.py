@@ -87,3 +87,21 @@ def trainer(**kwargs) -> pl.Trainer:
     )
     defaults.update(kwargs)
     return pl.Trainer(**defaults)
+
+
+def launch_script(script: str, out, devices: int, batch_size: int, *extra: str) -> list[dict]:
+    """Run a training script (which Lightning's DDP launcher may re-execute) and read every rank's JSON result."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out.mkdir()
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [sys.executable, script, "--out", str(out), "--devices", str(devices), "--batch-size", str(batch_size),
+         *extra],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.load(open(out / f"rank{r}.json")) for r in range(devices)]

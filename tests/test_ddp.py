@@ -1,25 +1,16 @@
 """Two CPU processes under Lightning's DDP train on exactly the single-process sample sequence."""
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
+
+from tests.helpers import launch_script
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "train_ddp.py")
 
 
 def _launch(out, devices, batch_size, *extra):
-    out.mkdir()
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(
-        [sys.executable, SCRIPT, "--out", str(out), "--devices", str(devices), "--batch-size", str(batch_size),
-         *extra],
-        capture_output=True, text=True, timeout=300, env=env,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return [json.load(open(out / f"rank{r}.json")) for r in range(devices)]
+    return launch_script(SCRIPT, out, devices, batch_size, *extra)
 
 
 @pytest.mark.ddp
